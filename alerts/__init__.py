@@ -1,0 +1,1 @@
+"""Alerts, notifications, escalation and offline detection (see DESIGN.md)."""

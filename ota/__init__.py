@@ -1,0 +1,1 @@
+"""Firmware releases, staged rollouts and per-device update status (see DESIGN.md)."""

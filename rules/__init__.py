@@ -1,0 +1,1 @@
+"""Alert rules, the safe expression language and their evaluation on ingest (see DESIGN.md)."""
