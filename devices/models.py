@@ -184,6 +184,10 @@ class Metric(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.unit})" if self.unit else self.name
 
+    @property
+    def tenant_id(self) -> int:
+        return self.device_type.tenant_id
+
     def clean(self) -> None:
         if (
             self.min_value is not None
