@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .credentials import hash_secret, new_secret
@@ -74,7 +75,12 @@ def create_device(
         **fields,
     )
     device.full_clean()
-    device.save()
+    try:
+        with transaction.atomic():
+            device.save()
+    except IntegrityError as error:
+        # full_clean() checked the key, but another request may have taken it since.
+        raise ValidationError({"key": f"A device with the key {key!r} already exists."}) from error
     if groups:
         device.groups.set(groups)
     DeviceShadow.objects.create(device=device)

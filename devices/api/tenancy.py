@@ -3,17 +3,37 @@
 - `get_queryset()` is the model's queryset `.for_user(request.user)`: another tenant's object
   answers 404, never 403, so its existence does not leak.
 - The tenant is never client-writable: serializers show it read-only, and on create it is the
-  tenant of the request (see `request_tenant()`), checked for the operator role.
+  tenant of the request (see `request_tenant()`), checked for the operator role before the
+  payload is validated, so a viewer's POST answers 403 whatever it carries.
 """
 
 from typing import Any
 
-from django.db.models import QuerySet
-from rest_framework import exceptions, viewsets
+from django.db.models import ProtectedError, QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import exceptions, status, viewsets
 
 from devices.models import Membership, Role, Tenant
 
 TENANT_HEADER = "X-Tenant"
+
+TENANT_HEADER_PARAMETER = OpenApiParameter(
+    TENANT_HEADER,
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description=(
+        "Slug of the tenant to create the object in (GET /api/v1/tenants/ lists yours). "
+        "Needed only when you are an operator of several tenants."
+    ),
+)
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state of the object."
+    default_code = "conflict"
 
 
 def request_tenant(request: Any, role: str = Role.OPERATOR) -> Tenant:
@@ -52,9 +72,17 @@ class TenantScopedMixin:
 
     Subclasses set `queryset` on a model with a `TenantQuerySet` manager and a `tenant` foreign
     key; `write_role` (operator by default) is what unsafe methods need in the object's tenant.
+    On create, `target_tenant` is the tenant the new object goes to; serializers find it in their
+    context as `tenant` to check that what the payload refers to belongs to the same tenant.
     """
 
     write_role = Role.OPERATOR
+    target_tenant: Tenant | None = None
+
+    def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if getattr(self, "action", None) == "create":
+            self.target_tenant = request_tenant(request, self.write_role)
 
     def get_queryset(self) -> QuerySet:
         return super().get_queryset().for_user(self.request.user)
@@ -62,10 +90,21 @@ class TenantScopedMixin:
     def get_serializer_context(self) -> dict:
         context = super().get_serializer_context()
         context["tenant_queryset"] = Tenant.objects.for_user(self.request.user)
+        context["tenant"] = self.target_tenant
         return context
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.save(tenant=request_tenant(self.request, self.write_role))
+        serializer.save(tenant=self.target_tenant or request_tenant(self.request, self.write_role))
+
+    def perform_destroy(self, instance: Any) -> None:
+        try:
+            instance.delete()
+        except ProtectedError as error:
+            in_use = len(error.protected_objects)
+            raise Conflict(
+                f"{in_use} object(s) still use this {instance._meta.verbose_name}: "
+                "move them elsewhere or delete them first."
+            ) from error
 
 
 class TenantScopedViewSet(TenantScopedMixin, viewsets.ModelViewSet):
