@@ -1,0 +1,242 @@
+"""The real processes start and work: daphne serves the admin, a Celery worker answers a ping.
+
+Each test starts the process as `make run` does (through the virtualenv's python) and always stops
+it again, whatever happens.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from iotfleet.celery import app as celery_app
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+HTTP = urllib.request.build_opener()
+
+Launch = Callable[..., subprocess.Popen]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def url_of_the_test_database() -> str:
+    """The URL of the database this test runs against (pytest-django's `test_...` database)."""
+    db = connection.settings_dict
+    login = urllib.parse.quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        login += ":" + urllib.parse.quote(db["PASSWORD"], safe="")
+    host = db["HOST"] or "127.0.0.1"
+    return f"postgres://{login}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def output_of(process: subprocess.Popen) -> str:
+    log: Path = process.log  # type: ignore[attr-defined]
+    return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Start processes in the repository; all of them are stopped when the test ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, **env: str) -> subprocess.Popen:
+        log = tmp_path / f"process-{len(started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO,
+                env={**os.environ, "DJANGO_SETTINGS_MODULE": "iotfleet.settings", **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process.log = log  # type: ignore[attr-defined]
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+
+
+def wait_for_http(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited early:\n{output_of(process)}"
+        try:
+            with HTTP.open(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers, whatever it says
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {START_TIMEOUT:g} s:\n{output_of(process)}")
+
+
+@pytest.fixture
+def web(launch: Launch, transactional_db) -> str:
+    """A daphne server on the test database; committed rows are what it sees."""
+    port = free_port()
+    process = launch(
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "iotfleet.asgi:application",
+        DATABASE_URL=url_of_the_test_database(),
+        # No persistent connections, so the test database can be flushed and dropped after.
+        DATABASE_CONN_MAX_AGE="0",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/admin/login/", process)
+    return base
+
+
+def log_in(base: str, username: str, password: str) -> tuple[str, str, http.cookiejar.CookieJar]:
+    """Log in through the admin's login form as a browser does: final URL, page, cookies."""
+    cookies = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+    with browser.open(f"{base}/admin/login/?next=/admin/", timeout=10) as response:
+        assert response.status == 200
+        page = response.read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token, "the login page has no CSRF token"
+    form = urllib.parse.urlencode(
+        {
+            "csrfmiddlewaretoken": token.group(1),
+            "username": username,
+            "password": password,
+            "next": "/admin/",
+        }
+    ).encode()
+    with browser.open(f"{base}/admin/login/?next=/admin/", data=form, timeout=10) as response:
+        return response.url, response.read().decode(), cookies
+
+
+def test_daphne_serves_the_admin_login_page(web):
+    with HTTP.open(f"{web}/admin/login/", timeout=10) as response:
+        assert response.status == 200
+        assert "IoTFleet" in response.read().decode()
+
+
+def test_a_seeded_user_logs_in_to_the_admin_through_daphne(web, monkeypatch):
+    monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    call_command("seed_demo", devices=3, stdout=StringIO())
+
+    url, page, cookies = log_in(web, "demo", "iotfleet-demo")
+
+    assert urllib.parse.urlsplit(url).path == "/admin/"
+    assert "sessionid" in {cookie.name for cookie in cookies}
+    assert "Fleet administration" in page
+
+
+def test_a_wrong_password_stays_on_the_login_page(web):
+    call_command("seed_demo", devices=0, stdout=StringIO())
+
+    url, page, cookies = log_in(web, "demo", "not-the-password")
+
+    assert urllib.parse.urlsplit(url).path == "/admin/login/"
+    assert "sessionid" not in {cookie.name for cookie in cookies}
+    assert "Please enter the correct username and password" in page
+
+
+def test_a_celery_worker_answers_a_ping_and_stops_on_sigterm(launch):
+    name = f"pytest-{uuid.uuid4().hex[:8]}"
+    # Its own queue, so this worker never takes tasks meant for a developer's running worker.
+    worker = launch(
+        "-m",
+        "celery",
+        "-A",
+        "iotfleet",
+        "worker",
+        "-l",
+        "info",
+        "--concurrency",
+        "1",
+        "-n",
+        f"{name}@%h",
+        "-Q",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+    )
+
+    deadline = time.monotonic() + START_TIMEOUT
+    replies: list[dict] = []
+    while not replies and time.monotonic() < deadline:
+        assert worker.poll() is None, f"the worker exited early:\n{output_of(worker)}"
+        replies = [
+            reply
+            for reply in celery_app.control.ping(timeout=1.0)
+            if next(iter(reply)).startswith(f"{name}@")
+        ]
+    assert replies, f"the worker did not answer a ping:\n{output_of(worker)}"
+    assert next(iter(replies[0].values())) == {"ok": "pong"}
+
+    worker.send_signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=30) == 0, output_of(worker)
+    assert "warm shutdown" in output_of(worker).lower()
+
+
+def test_make_run_checks_migrates_seeds_then_starts_the_procfile():
+    dry_run = subprocess.run(
+        ["make", "-n", "run", "PORT=8123"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+
+    steps = ["check_services", "migrate --noinput", "seed_demo", "honcho start -f Procfile -p 8123"]
+    positions = [dry_run.find(step) for step in steps]
+    assert -1 not in positions, dry_run
+    assert positions == sorted(positions)
+    assert "http://127.0.0.1:8123/admin/" in dry_run
+    assert "http://127.0.0.1:8123/api/v1/docs/" in dry_run
+
+
+def test_the_procfile_runs_web_worker_and_beat():
+    processes = dict(
+        line.split(":", 1)
+        for line in (REPO / "Procfile").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+    assert list(processes) == ["web", "worker", "beat"]
+    assert "daphne -b 127.0.0.1 -p $PORT iotfleet.asgi:application" in processes["web"]
+    assert "celery -A iotfleet worker" in processes["worker"]
+    assert "django_celery_beat.schedulers:DatabaseScheduler" in processes["beat"]
