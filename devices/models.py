@@ -48,7 +48,7 @@ class TenantQuerySet(models.QuerySet):
         return self.filter(**{f"{self.tenant_lookup}__in": tenant_ids})
 
     def for_tenant(self, tenant: Tenant) -> TenantQuerySet:
-        return self.filter(**{self.tenant_lookup: tenant})
+        return self.filter(**{self.tenant_lookup: tenant.pk})
 
 
 class TenantOwnQuerySet(TenantQuerySet):

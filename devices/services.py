@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
@@ -53,7 +53,25 @@ def add_member(user: AbstractUser, tenant: Tenant, role: str = Role.VIEWER) -> M
     return membership
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What it takes to register one device; `fields` are Device's other fields (tags, ...)."""
+
+    key: str
+    name: str
+    device_type: DeviceType
+    groups: Sequence[DeviceGroup] = ()
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DeviceRefused(ValidationError):
+    """A device of a batch failed validation; `index` says which spec."""
+
+    def __init__(self, index: int, error: ValidationError) -> None:
+        super().__init__(error.error_dict if hasattr(error, "error_dict") else error.error_list)
+        self.index = index
+
+
 def create_device(
     *,
     tenant: Tenant,
@@ -64,27 +82,75 @@ def create_device(
     **fields: Any,
 ) -> NewCredential:
     """Register a device with a fresh credential and an empty shadow; returns the secret once."""
-    secret = new_secret()
-    device = Device(
-        tenant=tenant,
-        key=key,
-        name=name,
-        device_type=device_type,
-        credential_hash=hash_secret(secret),
-        credential_rotated_at=timezone.now(),
-        **fields,
-    )
-    device.full_clean()
+    spec = DeviceSpec(key, name, device_type, tuple(groups), fields)
+    return create_devices(tenant, [spec])[0]
+
+
+@transaction.atomic
+def create_devices(tenant: Tenant, specs: Sequence[DeviceSpec]) -> list[NewCredential]:
+    """Register devices, each with a fresh credential and an empty shadow: all of them or none.
+
+    A handful of queries whatever the count, so a CSV import of thousands of rows is one quick
+    request. Raises DeviceRefused naming the first spec that is not valid.
+    """
+    now = timezone.now()
+    devices: list[Device] = []
+    secrets: list[str] = []
+    keys: set[str] = set()
+    for index, spec in enumerate(specs):
+        secret = new_secret()
+        device = Device(
+            tenant=tenant,
+            key=spec.key,
+            name=spec.name,
+            device_type=spec.device_type,
+            credential_hash=hash_secret(secret),
+            credential_rotated_at=now,
+            **spec.fields,
+        )
+        try:
+            device.full_clean(validate_unique=False)
+            _check_batch_rules(tenant, spec, keys)
+        except ValidationError as error:
+            raise DeviceRefused(index, error) from error
+        keys.add(spec.key)
+        devices.append(device)
+        secrets.append(secret)
+    taken = set(Device.objects.filter(key__in=keys).values_list("key", flat=True))
+    for index, device in enumerate(devices):
+        if device.key in taken:
+            raise DeviceRefused(index, ValidationError({"key": _key_taken(device.key)}))
     try:
         with transaction.atomic():
-            device.save()
+            Device.objects.bulk_create(devices)
     except IntegrityError as error:
-        # full_clean() checked the key, but another request may have taken it since.
-        raise ValidationError({"key": f"A device with the key {key!r} already exists."}) from error
-    if groups:
-        device.groups.set(groups)
-    DeviceShadow.objects.create(device=device)
-    return NewCredential(device=device, secret=secret)
+        # The keys were free a moment ago; another request took one since.
+        raise ValidationError(
+            {
+                "key": "A device with one of these keys was just created by "
+                "someone else: choose another key and try again."
+            }
+        ) from error
+    DeviceShadow.objects.bulk_create([DeviceShadow(device=device) for device in devices])
+    membership = Device.groups.through
+    membership.objects.bulk_create(
+        membership(device_id=device.pk, devicegroup_id=group.pk)
+        for device, spec in zip(devices, specs, strict=True)
+        for group in spec.groups
+    )
+    return [NewCredential(d, s) for d, s in zip(devices, secrets, strict=True)]
+
+
+def _key_taken(key: str) -> str:
+    return f"A device with the key {key!r} already exists."
+
+
+def _check_batch_rules(tenant: Tenant, spec: DeviceSpec, keys_so_far: set[str]) -> None:
+    if spec.key in keys_so_far:
+        raise ValidationError({"key": f"The key {spec.key!r} is given twice."})
+    foreign = [group.name for group in spec.groups if group.tenant_id != tenant.pk]
+    if foreign:
+        raise ValidationError({"groups": f"These groups belong to another tenant: {foreign}."})
 
 
 def rotate_credentials(device: Device) -> NewCredential:

@@ -6,7 +6,7 @@ environment sensors, gateways at European sites) and cannot see Globex Pumps (pu
 Idempotent: everything is looked up by its natural key first, and rows that exist are left as they
 are. The plan is a pure function of the device count, and the plan for N devices is a prefix of the
 plan for more, so `--devices 500` after `--devices 300` adds 200. Devices go through
-`create_device()` (credential hash, shadow); their secrets are thrown away, since the simulator
+`create_devices()` (credential hash, shadow); their secrets are thrown away, since the simulator
 rotates them before it connects.
 """
 
@@ -28,7 +28,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from devices.models import Device, DeviceGroup, DeviceType, Metric, Role, Tenant
-from devices.services import add_member, create_device
+from devices.services import DeviceSpec, add_member, create_devices
 
 DEMO_USERNAME = "demo"
 DEFAULT_DEMO_PASSWORD = "iotfleet-demo"  # noqa: S105 (published on purpose: it is the demo)
@@ -273,6 +273,7 @@ class Command(BaseCommand):
         existing = set(
             Device.objects.filter(key__in=[p.key for p in plan]).values_list("key", flat=True)
         )
+        specs: dict[str, list[DeviceSpec]] = {}
         for planned in plan:
             if planned.key in existing:
                 created["devices already there"] += 1
@@ -281,15 +282,20 @@ class Command(BaseCommand):
             device_groups = [groups[tenant_slug, planned.site.name]]
             if planned.is_canary:
                 device_groups.append(groups[tenant_slug, CANARY_GROUP])
-            create_device(
-                tenant=tenants[tenant_slug],
-                key=planned.key,
-                device_type=types[tenant_slug, planned.device_type.slug],
-                groups=device_groups,
-                **planned.fields(),
+            fields = planned.fields()
+            specs.setdefault(tenant_slug, []).append(
+                DeviceSpec(
+                    key=planned.key,
+                    name=fields.pop("name"),
+                    device_type=types[tenant_slug, planned.device_type.slug],
+                    groups=device_groups,
+                    fields=fields,
+                )
             )
             created["devices"] += 1
             created[f"devices of {planned.tenant.name}"] += 1
+        for tenant_slug, tenant_specs in specs.items():
+            create_devices(tenants[tenant_slug], tenant_specs)
 
         created["demo user"] += self.demo_user(tenants["acme"], password)
         return created
