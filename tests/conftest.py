@@ -8,6 +8,15 @@ from devices.services import add_member
 from tests.factories import make_device, make_device_type, make_group
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    """A cheap password hasher: the default one costs about half a second per user created.
+
+    Tests whose passwords a separate process must check (tests/test_processes.py) override this.
+    """
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def acme(db):
     return Tenant.objects.create(name="Acme Cold Chain", slug="acme")

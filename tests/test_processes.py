@@ -57,6 +57,11 @@ def output_of(process: subprocess.Popen) -> str:
 
 
 @pytest.fixture
+def fast_passwords():
+    """Keep Django's real password hashers: daphne, a separate process, checks the login."""
+
+
+@pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """Start processes in the repository; all of them are stopped when the test ends."""
     started: list[subprocess.Popen] = []

@@ -1,0 +1,229 @@
+"""Forms of the devices admin: tenant-safe model forms, action pages and the CSV import."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.db.models import QuerySet
+
+from .models import Device, DeviceShadow, Tenant
+
+
+def _reject_constant(name: str) -> Any:
+    # PostgreSQL's jsonb has no NaN or Infinity: refuse them here rather than fail on save.
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+class StrictJSONDecoder(json.JSONDecoder):
+    """Standard JSON only: no NaN / Infinity, which Python accepts but PostgreSQL does not."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["parse_constant"] = _reject_constant
+        super().__init__(*args, **kwargs)
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb refuses it)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
+class JSONObjectField(forms.JSONField):
+    """A JSON object edited as indented text; empty input means `{}`."""
+
+    widget = forms.Textarea(attrs={"rows": 8, "cols": 60, "class": "vLargeTextField"})
+
+    def __init__(self, *, example: str = '{"interval_s": 60}', **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        super().__init__(decoder=StrictJSONDecoder, **kwargs)
+        self.example = example
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
+
+    def clean(self, value: Any) -> dict:
+        result = super().clean(value)
+        if result is None:
+            return {}
+        if not isinstance(result, dict):
+            raise ValidationError(f"Enter a JSON object in braces, e.g. {self.example}.")
+        if contains_nul(result):
+            raise ValidationError("Remove the NUL characters (\\u0000): they cannot be stored.")
+        return result
+
+
+class TenantScopedModelForm(forms.ModelForm):
+    """A model form that refuses related rows (device type, groups, ...) of another tenant.
+
+    The admin already limits the choices to the user's tenants; this catches a user who is a
+    member of several tenants picking, say, Acme as the tenant and a Globex group.
+    """
+
+    tenant_field = "tenant"
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        tenant_id = self._chosen_tenant_id()
+        if tenant_id is None:
+            return cleaned
+        problems: dict[str, list[Any]] = {}
+        for name, field in self.fields.items():
+            if name == self.tenant_field or not isinstance(field, forms.ModelChoiceField):
+                continue
+            value = cleaned.get(name)
+            if isinstance(field, forms.ModelMultipleChoiceField):
+                chosen = list(value or [])
+            else:
+                chosen = [] if value is None else [value]
+            foreign = [
+                obj
+                for obj in chosen
+                if not isinstance(obj, Tenant) and getattr(obj, "tenant_id", tenant_id) != tenant_id
+            ]
+            if foreign:
+                problems[name] = foreign
+        if problems:
+            tenant = Tenant.objects.filter(pk=tenant_id).first()
+            for name, foreign in problems.items():
+                plural = self.fields[name].queryset.model._meta.verbose_name_plural
+                names = ", ".join(str(obj) for obj in foreign)
+                self.add_error(
+                    name,
+                    f"{names}: of another tenant. Choose {plural} of {tenant}, the tenant of "
+                    "this object.",
+                )
+        return cleaned
+
+    def _chosen_tenant_id(self) -> int | None:
+        if self.tenant_field in self.fields:
+            tenant = self.cleaned_data.get(self.tenant_field)
+            return tenant.pk if tenant is not None else None
+        try:
+            return self.instance.tenant_id
+        except (AttributeError, ObjectDoesNotExist):
+            return None
+
+    def _get_validation_exclusions(self) -> set[str]:
+        exclude = super()._get_validation_exclusions()
+        # Once set, the tenant is read-only and so not on the form; keep it in model validation
+        # anyway, or per-tenant unique names would go unchecked and fail in the database.
+        tenant_is_set = getattr(self.instance, f"{self.tenant_field}_id", None) is not None
+        if self.instance.pk is not None and tenant_is_set:
+            exclude.discard(self.tenant_field)
+        return exclude
+
+
+class DeviceForm(TenantScopedModelForm):
+    attributes = JSONObjectField(
+        example='{"site": "north", "rack": 4}',
+        help_text='Free-form facts about the device as a JSON object, e.g. {"site": "north"}.',
+    )
+
+    class Meta:
+        model = Device
+        fields = [
+            "tenant",
+            "key",
+            "name",
+            "device_type",
+            "groups",
+            "is_enabled",
+            "location",
+            "latitude",
+            "longitude",
+            "firmware_version",
+            "tags",
+            "attributes",
+        ]
+        help_texts = {"tags": "Separate tags with commas, e.g. cold-room, critical."}
+
+
+class DeviceShadowForm(TenantScopedModelForm):
+    desired = JSONObjectField(
+        help_text="The whole desired state as a JSON object; the device receives what differs "
+        "from what it reports."
+    )
+
+    class Meta:
+        model = DeviceShadow
+        fields = ["desired"]
+
+
+class UsernameField(forms.ModelChoiceField):
+    """Pick a user by typing their username, so the form never lists every account."""
+
+    widget = forms.TextInput(attrs={"autocomplete": "off"})
+    default_error_messages = {
+        "invalid_choice": "No active user is called “%(value)s”: check the spelling, or ask a "
+        "superuser to create the account first."
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["queryset"] = get_user_model().objects.filter(is_active=True)
+        kwargs["to_field_name"] = get_user_model().USERNAME_FIELD
+        kwargs.setdefault("help_text", "The username of an existing account.")
+        super().__init__(**kwargs)
+
+
+class TenantLabelledChoiceField(forms.ModelChoiceField):
+    """Labels rows "Tenant / name" when they come from several tenants (names may repeat)."""
+
+    def __init__(self, queryset: QuerySet, **kwargs: Any) -> None:
+        super().__init__(queryset=queryset, **kwargs)
+        self.show_tenant = queryset.order_by().values("tenant").distinct().count() > 1
+
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.tenant} / {obj}" if self.show_tenant else str(obj)
+
+
+class MoveToGroupForm(forms.Form):
+    def __init__(self, *args: Any, groups: QuerySet, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["group"] = TenantLabelledChoiceField(
+            queryset=groups.select_related("tenant"),
+            help_text="Devices join the group if they belong to its tenant; others are left out.",
+        )
+
+
+class AddTagForm(forms.Form):
+    tag = forms.CharField(
+        max_length=64, help_text="One tag of up to 64 characters, e.g. cold-room."
+    )
+
+    def clean_tag(self) -> str:
+        tag = self.cleaned_data["tag"].strip()
+        if "," in tag:
+            raise ValidationError("A tag cannot contain a comma: add one tag at a time.")
+        return tag
+
+
+class ConfirmForm(forms.Form):
+    """An action page with nothing to fill in, only a confirmation."""
+
+
+class DeviceImportForm(forms.Form):
+    tenant = forms.ModelChoiceField(
+        queryset=Tenant.objects.none(), help_text="The tenant the devices will belong to."
+    )
+    file = forms.FileField(
+        label="CSV file",
+        help_text="UTF-8 CSV with a header row; see the columns below.",
+    )
+
+    def __init__(self, *args: Any, tenants: QuerySet, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["tenant"].queryset = tenants
+        only = list(tenants[:2])
+        if len(only) == 1:
+            self.fields["tenant"].initial = only[0].pk
