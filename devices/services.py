@@ -109,7 +109,10 @@ def create_devices(tenant: Tenant, specs: Sequence[DeviceSpec]) -> list[NewCrede
             **spec.fields,
         )
         try:
-            device.full_clean(validate_unique=False)
+            # The tenant and type are objects already loaded: skip Django's per-row exists()
+            # query for them (clean() still checks the type is the tenant's); keys are
+            # checked for the whole batch at once below.
+            device.full_clean(exclude=["tenant", "device_type"], validate_unique=False)
             _check_batch_rules(tenant, spec, keys)
         except ValidationError as error:
             raise DeviceRefused(index, error) from error
