@@ -4,7 +4,6 @@ Each app keeps a router in `<app>/api/urls.py`; its registry is merged into one 
 /api/v1/ lists every collection. Register a new app's router in `APP_ROUTERS`.
 """
 
-import json
 from typing import Any
 
 from django.http import HttpResponse
@@ -14,7 +13,6 @@ from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.routers import DefaultRouter
 
 from devices.api.urls import router as devices_router
@@ -31,18 +29,6 @@ class ApiRouter(DefaultRouter):
 router = ApiRouter()
 for app_router in APP_ROUTERS:
     router.registry.extend(app_router.registry)
-
-
-class SwaggerView(SpectacularSwaggerView):
-    """Swagger UI from the sidecar's files only, without the badge from validator.swagger.io."""
-
-    @extend_schema(exclude=True)
-    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().get(request, *args, **kwargs)
-        ui_settings = json.loads(response.data["settings"] or "{}")
-        ui_settings.setdefault("validatorUrl", None)
-        response.data["settings"] = json.dumps(ui_settings)
-        return response
 
 
 # spectacular's ReDoc page also loads Google Fonts; this one uses local files only.
@@ -65,6 +51,6 @@ urlpatterns = [
     path("", include(router.urls)),
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", RedocView.as_view(url_name="api-schema"), name="api-redoc"),
 ]
