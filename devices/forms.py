@@ -154,10 +154,29 @@ class DeviceShadowForm(TenantScopedModelForm):
         help_text="The whole desired state as a JSON object; the device receives what differs "
         "from what it reports."
     )
+    # The version the operator saw: saving over a shadow that changed since is refused.
+    based_on_version = forms.IntegerField(widget=forms.HiddenInput, min_value=0)
 
     class Meta:
         model = DeviceShadow
         fields = ["desired"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.fields["based_on_version"].initial = self.instance.version
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        seen = cleaned.get("based_on_version")
+        current = DeviceShadow.objects.filter(pk=self.instance.pk).values_list("version", flat=True)
+        now = current.first()
+        if seen is not None and now is not None and seen != now and "desired" in self.changed_data:
+            raise forms.ValidationError(
+                f"The shadow changed since you opened this page (version {seen}, now {now}): "
+                "reload the page, check the desired state and apply your change again."
+            )
+        return cleaned
 
 
 class UsernameField(forms.ModelChoiceField):

@@ -231,9 +231,16 @@ def update_reported(device: Device, patch: dict) -> DeviceShadow:
 
 
 @transaction.atomic
-def replace_desired(device: Device, desired: dict) -> DeviceShadow:
-    """Set the whole desired state (the admin's edit form), bump the version."""
+def replace_desired(
+    device: Device, desired: dict, expected_version: int | None = None
+) -> DeviceShadow:
+    """Set the whole desired state (the admin's edit form), bump the version.
+
+    With `expected_version`, refuse the update if the shadow moved on since then.
+    """
     shadow = _locked_shadow(device)
+    if expected_version is not None and expected_version != shadow.version:
+        raise ShadowVersionConflict(shadow.version)
     shadow.desired = {}
     shadow.apply(desired=desired)
     shadow.save()

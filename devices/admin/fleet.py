@@ -485,6 +485,7 @@ class DeviceShadowAdmin(TenantScopedAdmin):
     fields = [
         "device",
         "desired",
+        "based_on_version",
         "reported_document",
         "delta_document",
         "version",
@@ -510,7 +511,15 @@ class DeviceShadowAdmin(TenantScopedAdmin):
 
     def save_model(self, request: HttpRequest, obj: DeviceShadow, form: Any, change: bool) -> None:
         if "desired" in form.changed_data:
-            services.replace_desired(obj.device, form.cleaned_data["desired"])
+            try:
+                services.replace_desired(
+                    obj.device,
+                    form.cleaned_data["desired"],
+                    expected_version=form.cleaned_data["based_on_version"],
+                )
+            except services.ShadowVersionConflict as conflict:
+                # The device reported between the form's check and this save.
+                self.message_user(request, str(conflict), messages.ERROR)
         obj.refresh_from_db()
 
     @admin.display(description="Tenant", ordering="device__tenant__name")

@@ -363,7 +363,9 @@ def test_an_operator_edits_the_desired_state_through_the_service(client, alice, 
     update_reported(acme_device, {"setpoint": -18})
     shadow = DeviceShadow.objects.get(device=acme_device)
     client.force_login(alice)
-    response = client.post(admin_url(shadow, "change"), {"desired": '{"setpoint": -20}'})
+    response = client.post(
+        admin_url(shadow, "change"), {"desired": '{"setpoint": -20}', "based_on_version": 1}
+    )
     assert response.status_code == 302
     shadow.refresh_from_db()
     assert shadow.desired == {"setpoint": -20}
@@ -376,11 +378,39 @@ def test_an_operator_edits_the_desired_state_through_the_service(client, alice, 
 def test_the_desired_state_must_be_a_json_object(client, alice, both_fleets, desired):
     shadow = DeviceShadow.objects.get(device=both_fleets[0])
     client.force_login(alice)
-    response = client.post(admin_url(shadow, "change"), {"desired": desired})
+    response = client.post(admin_url(shadow, "change"), {"desired": desired, "based_on_version": 0})
     assert response.status_code == 200
     assert "desired" in response.context["adminform"].form.errors
     shadow.refresh_from_db()
     assert shadow.version == 0
+
+
+def test_the_edit_form_carries_the_version_the_operator_saw(client, alice, both_fleets):
+    update_reported(both_fleets[0], {"setpoint": -18})
+    shadow = DeviceShadow.objects.get(device=both_fleets[0])
+    client.force_login(alice)
+    form = client.get(admin_url(shadow, "change")).context["adminform"].form
+    assert form["based_on_version"].value() == 1
+
+
+def test_saving_over_a_shadow_that_changed_since_the_page_opened_is_refused(
+    client, alice, both_fleets
+):
+    """Two operators (or an operator and the device) at once: the later save must not silently
+    overwrite what it never saw."""
+    shadow = DeviceShadow.objects.get(device=both_fleets[0])
+    client.force_login(alice)
+    update_reported(both_fleets[0], {"setpoint": -18})  # the device reports while alice edits
+    response = client.post(
+        admin_url(shadow, "change"), {"desired": '{"setpoint": -20}', "based_on_version": 0}
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.non_field_errors()
+    assert "changed since you opened this page" in str(errors)
+    assert "now 1" in str(errors)
+    shadow.refresh_from_db()
+    assert shadow.desired == {}
+    assert shadow.version == 1
 
 
 def test_a_viewer_cannot_edit_the_desired_state(client, bob, both_fleets):

@@ -124,3 +124,11 @@ def test_concurrent_desired_updates_lose_no_key_and_count_every_version(acme, ac
     shadow = DeviceShadow.objects.get(device=device)
     assert shadow.version == 8
     assert shadow.desired == {f"k{i}": i for i in range(8)}
+
+
+def test_replacing_desired_with_stale_version_is_refused_and_changes_nothing(acme_device):
+    update_desired(acme_device, {"a": 1})
+    with pytest.raises(ShadowVersionConflict):
+        replace_desired(acme_device, {"b": 2}, expected_version=0)
+    stored = DeviceShadow.objects.get(device=acme_device)
+    assert (stored.desired, stored.version) == ({"a": 1}, 1)
