@@ -87,3 +87,7 @@ def acme_group(acme):
 @pytest.fixture
 def globex_group(globex):
     return make_group(globex, "Plant A")
+
+
+# Private Mosquitto and Redis servers and a process launcher, for tests of the real processes.
+from tests.servers import launch, mosquitto, redis_server, secured_mosquitto  # noqa: E402, F401

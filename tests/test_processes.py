@@ -10,89 +10,27 @@ import http.cookiejar
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 
 from iotfleet.celery import app as celery_app
+from tests.servers import REPO, Launch, database_url, free_port, output_of
 
-REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 HTTP = urllib.request.build_opener()
-
-Launch = Callable[..., subprocess.Popen]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url(name: str | None = None) -> str:
-    """The URL of the database this test runs against (pytest-django's `test_...` database), or
-    of another database `name` on the same server."""
-    db = connection.settings_dict
-    login = urllib.parse.quote(db["USER"] or "", safe="")
-    if db["PASSWORD"]:
-        login += ":" + urllib.parse.quote(db["PASSWORD"], safe="")
-    host = db["HOST"] or "127.0.0.1"
-    return f"postgres://{login}@{host}:{db['PORT'] or 5432}/{name or db['NAME']}"
-
-
-def output_of(process: subprocess.Popen) -> str:
-    log: Path = process.log  # type: ignore[attr-defined]
-    return log.read_text(errors="replace")[-4000:] if log.exists() else ""
 
 
 @pytest.fixture
 def fast_passwords():
     """Keep Django's real password hashers: daphne, a separate process, checks the login."""
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    """Start processes in the repository; all of them are stopped when the test ends."""
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str, **env: str) -> subprocess.Popen:
-        log = tmp_path / f"process-{len(started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=REPO,
-                env={**os.environ, "DJANGO_SETTINGS_MODULE": "iotfleet.settings", **env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        process.log = log  # type: ignore[attr-defined]
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
 
 
 def wait_for_http(url: str, process: subprocess.Popen) -> None:

@@ -1,0 +1,280 @@
+"""Private servers for tests: a Mosquitto and a Redis of the test's own, on free ports.
+
+Tests that kill, restart or configure a broker (credentials, ACLs, persistence) must not touch the
+machine's shared services, and two test runs must not take each other's messages or tasks. Each
+server here runs from a config generated in the test's tmp_path and is stopped when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+SBIN = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+
+Launch = Callable[..., subprocess.Popen]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def executable(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+    assert found, f"{name} is not installed (Debian: apt-get install {name}); .ci/run installs it"
+    return found
+
+
+def database_url(name: str | None = None) -> str:
+    """The URL of the database this test runs against (pytest-django's `test_...` database), or
+    of another database `name` on the same server."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    login = urllib.parse.quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        login += ":" + urllib.parse.quote(db["PASSWORD"], safe="")
+    host = db["HOST"] or "127.0.0.1"
+    return f"postgres://{login}@{host}:{db['PORT'] or 5432}/{name or db['NAME']}"
+
+
+def output_of(process: subprocess.Popen) -> str:
+    log: Path | None = getattr(process, "log", None)
+    return log.read_text(errors="replace")[-6000:] if log and log.exists() else ""
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{what} exited early:\n{output_of(process)}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(
+        f"{what} did not listen on {port} within {START_TIMEOUT:g} s:\n{output_of(process)}"
+    )
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+@dataclass
+class Mosquitto:
+    """A broker of the test's own. `restart()` keeps its port, config and persistence file."""
+
+    directory: Path
+    port: int
+    admin: tuple[str, str] | None = None  # dynamic security admin (username, password)
+    process: subprocess.Popen | None = None
+    config: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = self.directory / "mosquitto.conf"
+
+    @property
+    def url(self) -> str:
+        if self.admin:
+            user, password = (urllib.parse.quote(part, safe="") for part in self.admin)
+            return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = _spawn(
+            [executable("mosquitto"), "-c", str(self.config)], self.directory / "mosquitto.log"
+        )
+        wait_for_port(self.port, self.process, "mosquitto")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process:
+            stop(self.process, sig)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def log(self) -> str:
+        path = self.directory / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_mosquitto(
+    directory: Path, *, dynsec: bool = False, extra: str = "", port: int | None = None
+) -> Mosquitto:
+    """Start a Mosquitto configured as IoTFleet expects in production (deploy/mosquitto/): a
+    persistent store, unlimited queues for the ingest workers' sessions, and with `dynsec` the
+    dynamic security plugin with an admin client (anonymous clients refused)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    broker = Mosquitto(directory=directory, port=port or free_port())
+    lines = [
+        f"listener {broker.port} 127.0.0.1",
+        "persistence true",
+        f"persistence_location {directory}/",
+        "autosave_interval 1",
+        "max_queued_messages 0",
+        "max_inflight_messages 0",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+    ]
+    if dynsec:
+        broker.admin = ("iotfleet-admin", "admin-" + os.urandom(6).hex())
+        dynsec_file = directory / "dynamic-security.json"
+        subprocess.run(
+            [executable("mosquitto_ctrl"), "dynsec", "init", str(dynsec_file), *broker.admin],
+            check=True,
+            capture_output=True,
+        )
+        lines += [
+            "allow_anonymous false",
+            f"plugin {dynsec_plugin()}",
+            f"plugin_opt_config_file {dynsec_file}",
+        ]
+    else:
+        lines.append("allow_anonymous true")
+    broker.config.write_text("\n".join(lines) + "\n" + extra)
+    broker.start()
+    return broker
+
+
+def dynsec_plugin() -> str:
+    for candidate in (
+        "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+        "/usr/lib/mosquitto_dynamic_security.so",
+        "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    ):
+        if Path(candidate).exists():
+            return candidate
+    pytest.fail("mosquitto's dynamic security plugin is missing (Debian package mosquitto)")
+
+
+@dataclass
+class Redis:
+    directory: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = _spawn(
+            [executable("redis-server"), str(self.directory / "redis.conf")],
+            self.directory / "redis.log",
+        )
+        wait_for_port(self.port, self.process, "redis-server")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process:
+            stop(self.process, sig)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+
+def start_redis(directory: Path, *, persistent: bool = True) -> Redis:
+    """A redis-server of the test's own; `persistent` turns on the append-only file with an
+    fsync per write, the configuration under which a queued Celery task survives a restart."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = Redis(directory=directory, port=free_port())
+    lines = [
+        "bind 127.0.0.1",
+        f"port {server.port}",
+        f"dir {directory}",
+        'save ""',
+        f"appendonly {'yes' if persistent else 'no'}",
+        "appendfsync always",
+    ]
+    (directory / "redis.conf").write_text("\n".join(lines) + "\n")
+    server.start()
+    return server
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = start_mosquitto(tmp_path / "mosquitto")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def secured_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker with the dynamic security plugin: only provisioned clients get in."""
+    broker = start_mosquitto(tmp_path / "mosquitto-dynsec", dynsec=True)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Start Python processes in the repository (`launch("manage.py", "mqtt_ingest", X="y")`);
+    all of them are stopped when the test ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, **env: str) -> subprocess.Popen:
+        log = tmp_path / f"process-{len(started)}.log"
+        process = _spawn(
+            [sys.executable, *args],
+            log,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "iotfleet.settings", **env},
+        )
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop(process)
