@@ -128,6 +128,11 @@ device_key_validator = RegexValidator(
 )
 
 
+class OutOfRange(models.TextChoices):
+    REJECT = "reject", "Reject the reading"
+    FLAG = "flag", "Store it, flagged"
+
+
 class DeviceType(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="device_types")
     name = models.CharField(max_length=100)
@@ -135,6 +140,12 @@ class DeviceType(models.Model):
     heartbeat_timeout = models.DurationField(
         default=timedelta(minutes=5),
         help_text="A device of this type that sends nothing for this long counts as offline.",
+    )
+    out_of_range = models.CharField(
+        max_length=8,
+        choices=OutOfRange.choices,
+        default=OutOfRange.REJECT,
+        help_text="What happens to a reading outside its metric's valid range.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
