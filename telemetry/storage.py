@@ -151,9 +151,9 @@ def maintain_partitions(today: date | None = None) -> Upkeep:
     if layout != PARTITIONED:
         return upkeep  # TimescaleDB's own policies create chunks and enforce retention
     today = today or datetime.now(UTC).date()
-    first = today - timedelta(days=settings.TELEMETRY_MAX_AGE.days + 1)
-    last = today + timedelta(days=settings.TELEMETRY_PARTITIONS_AHEAD_DAYS)
     horizon = today - timedelta(days=settings.TELEMETRY_RETENTION_DAYS)
+    first = max(horizon, today - timedelta(days=settings.TELEMETRY_MAX_AGE.days + 1))
+    last = today + timedelta(days=settings.TELEMETRY_PARTITIONS_AHEAD_DAYS)
     with transaction.atomic(), connection.cursor() as cursor:
         # One upkeep at a time (two beat ticks, or a migrate running beside a beat task).
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [TABLE])

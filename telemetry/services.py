@@ -1,0 +1,426 @@
+"""Storing a batch of ingested messages: `ingest_batch(entries)`, in one transaction.
+
+1. Load the batch's devices and their types' metrics (two queries); reject entries for unknown or
+   disabled devices, metrics the type does not define and values outside their range (or flag
+   them, as the device type says).
+2. COPY the readings into a temporary staging table (psycopg binary COPY), then
+   INSERT ... SELECT ... ON CONFLICT DO NOTHING into the readings table, unique on
+   (device, metric, time): a redelivered batch stores nothing twice. Rows go in sorted order so
+   two batches holding the same readings (a redelivery racing its original) cannot deadlock.
+3. Upsert the latest value per device and metric (only ever moving forward in time).
+4. Per device: sequence-number accounting (gaps, resets), rejected-message counters, last_seen
+   and status (a status message, including the last will `offline`, counts at once), and the
+   reported shadow.
+
+Validation that needs no database happened at the edge (telemetry/validation.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.db import connection, transaction
+
+from devices.models import Device, DeviceStatus, Metric, OutOfRange
+from devices.services import update_reported
+from telemetry.models import IngestEvent, IngestEventKind, RejectedMessage
+from telemetry.validation import REJECTED, REPORTED, STATUS, TELEMETRY, Entry
+
+log = logging.getLogger(__name__)
+
+STAGE = "telemetry_stage"
+CREATE_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
+    ts_ms bigint, device_id bigint, metric_id integer, value double precision, flagged boolean
+) ON COMMIT DELETE ROWS
+"""
+INSERT_READINGS = f"""
+INSERT INTO telemetry_reading (time, device_id, metric_id, value, flagged)
+SELECT timestamptz 'epoch' + ts_ms * interval '1 millisecond', device_id, metric_id, value, flagged
+FROM {STAGE} ORDER BY device_id, metric_id, ts_ms
+ON CONFLICT DO NOTHING
+RETURNING device_id, (extract(epoch FROM time) * 1000)::bigint
+"""  # noqa: S608 (constant names)
+UPSERT_LATEST = f"""
+INSERT INTO telemetry_latestreading (device_id, metric_id, time, value, flagged)
+SELECT DISTINCT ON (device_id, metric_id)
+    device_id, metric_id, timestamptz 'epoch' + ts_ms * interval '1 millisecond', value, flagged
+FROM {STAGE} ORDER BY device_id, metric_id, ts_ms DESC
+ON CONFLICT (device_id, metric_id) DO UPDATE
+SET time = EXCLUDED.time, value = EXCLUDED.value, flagged = EXCLUDED.flagged
+WHERE telemetry_latestreading.time < EXCLUDED.time
+"""  # noqa: S608 (constant names)
+
+
+@dataclass
+class IngestResult:
+    messages: int = 0
+    readings_stored: int = 0
+    readings_duplicate: int = 0
+    rejected: int = 0
+    devices_updated: int = 0
+    events: list[IngestEvent] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "messages": self.messages,
+            "readings_stored": self.readings_stored,
+            "readings_duplicate": self.readings_duplicate,
+            "rejected": self.rejected,
+            "rejections": self.rejections,
+        }
+
+
+@dataclass
+class DeviceInfo:
+    id: int
+    tenant_id: int
+    enabled: bool
+    type_id: int
+    type_name: str
+    flag_out_of_range: bool
+
+
+@dataclass
+class DeviceActivity:
+    """What one batch says about one device."""
+
+    last_seen_ms: int | None = None
+    status: str | None = None
+    sequence: list[tuple[int, int, bool]] = field(default_factory=list)  # (ts_ms, seq, counted)
+    rejected: int = 0
+    last_rejected_ms: int = 0
+
+
+def _when(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _load_devices(keys: set[str]) -> tuple[dict[str, DeviceInfo], dict[tuple[int, str], Metric]]:
+    devices = {
+        key: DeviceInfo(pk, tenant_id, enabled, type_id, type_name, policy == OutOfRange.FLAG)
+        for pk, key, tenant_id, enabled, type_id, type_name, policy in Device.objects.filter(
+            key__in=keys
+        ).values_list(
+            "id",
+            "key",
+            "tenant_id",
+            "is_enabled",
+            "device_type_id",
+            "device_type__name",
+            "device_type__out_of_range",
+        )
+    }
+    type_ids = {info.type_id for info in devices.values()}
+    metrics = {
+        (metric.device_type_id, metric.name): metric
+        for metric in Metric.objects.filter(device_type_id__in=type_ids).only(
+            "id", "device_type_id", "name", "unit", "min_value", "max_value"
+        )
+    }
+    return devices, metrics
+
+
+class BatchWriter:
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        self.result = IngestResult(messages=len(entries))
+        self.rows: list[tuple[int, int, int, float, bool]] = []
+        self.rejections: list[RejectedMessage] = []
+        self.activity: dict[int, DeviceActivity] = defaultdict(DeviceActivity)
+        self.reported: list[tuple[int, dict]] = []
+        # (device id, ts_ms) of readings that were sent, with their seq, pending "is it new?"
+        self.sequenced: list[tuple[int, int, int, bool]] = []
+
+    # --- step 1: device-level checks ------------------------------------------------------
+    def reject(
+        self,
+        device: DeviceInfo | None,
+        key: str,
+        received_ms: int,
+        topic: str,
+        reason: str,
+        excerpt: str,
+        size: int = 0,
+    ) -> None:
+        self.rejections.append(
+            RejectedMessage(
+                tenant_id=device.tenant_id if device else None,
+                device_id=device.id if device else None,
+                device_key=key[:200],
+                topic=topic[:300],
+                reason=reason,
+                payload_excerpt=excerpt,
+                payload_size=size or len(excerpt.encode()),
+                received_at=_when(received_ms),
+            )
+        )
+        self.result.rejections.append(reason)
+        if device:
+            activity = self.activity[device.id]
+            activity.rejected += 1
+            activity.last_rejected_ms = max(activity.last_rejected_ms, received_ms)
+
+    def sort(self, devices: dict[str, DeviceInfo], metrics: dict) -> None:
+        for entry in self.entries:
+            kind, key, received_ms = entry[0], entry[1], entry[2]
+            if kind == REJECTED:
+                _, _, _, topic, reason, excerpt, size = entry
+                self.reject(devices.get(key), key, received_ms, topic, reason, excerpt, size)
+                continue
+            device = devices.get(key)
+            topic = f"fleet/{key}/" + {TELEMETRY: "telemetry", STATUS: "status"}.get(
+                kind, "shadow/reported"
+            )
+            if device is None or not device.enabled:
+                reason = (
+                    f"unknown device {key!r}: create it (admin or API) or fix the device's key"
+                    if device is None
+                    else "the device is disabled: enable it to accept its messages"
+                )
+                body = json.dumps(entry[3], separators=(",", ":"))
+                self.reject(device, key, received_ms, topic, reason, body[:300])
+                continue
+            activity = self.activity[device.id]
+            if kind == STATUS:
+                activity.status = entry[3]
+                if entry[3] == DeviceStatus.ONLINE:
+                    activity.last_seen_ms = max(activity.last_seen_ms or 0, received_ms)
+                continue
+            activity.last_seen_ms = max(activity.last_seen_ms or 0, received_ms)
+            if kind == REPORTED:
+                self.reported.append((device.id, entry[3]))
+                continue
+            activity.status = DeviceStatus.ONLINE
+            self.add_telemetry(device, metrics, entry, topic)
+
+    def add_telemetry(self, device: DeviceInfo, metrics: dict, entry: Entry, topic: str) -> None:
+        _, key, received_ms, readings, problems, excerpt = entry
+        problems = list(problems)
+        for ts_ms, seq, values in readings:
+            stored_any = False
+            for name, value in values.items():
+                metric = metrics.get((device.type_id, name))
+                if metric is None:
+                    problems.append(
+                        f"metric {name!r} is not defined for device type {device.type_name!r}: "
+                        "add it to the type or stop sending it"
+                    )
+                    continue
+                flagged = not metric.accepts(value)
+                if flagged and not device.flag_out_of_range:
+                    problems.append(
+                        f"metric {name!r} = {value:g} is outside its valid range {_range(metric)}"
+                    )
+                    continue
+                self.rows.append((ts_ms, device.id, metric.id, value, flagged))
+                stored_any = True
+            if seq is not None:
+                # A reading whose every value was refused was still sent: it is not "lost".
+                self.sequenced.append((device.id, ts_ms, seq, not stored_any))
+        if problems:
+            if not excerpt:
+                excerpt = json.dumps(readings, separators=(",", ":"))[:300]
+            self.reject(device, key, received_ms, topic, "; ".join(problems), excerpt)
+
+    # --- step 2 and 3: readings and latest values ------------------------------------------
+    def write_readings(self, cursor) -> set[tuple[int, int]]:
+        """Store the rows; returns (device id, ts_ms) of the readings that were new."""
+        if not self.rows:
+            return set()
+        cursor.execute(CREATE_STAGE)
+        with cursor.copy(
+            f"COPY {STAGE} (ts_ms, device_id, metric_id, value, flagged) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "int8", "int4", "float8", "bool"])
+            for row in self.rows:
+                copy.write_row(row)
+        cursor.execute(INSERT_READINGS)
+        inserted = cursor.fetchall()
+        self.result.readings_stored = len(inserted)
+        self.result.readings_duplicate = len(self.rows) - len(inserted)
+        cursor.execute(UPSERT_LATEST)
+        return {(device_id, ts_ms) for device_id, ts_ms in inserted}
+
+    # --- step 4: per-device state -----------------------------------------------------------
+    def account_sequences(self, new: set[tuple[int, int]]) -> None:
+        for device_id, ts_ms, seq, always in self.sequenced:
+            counted = always or (device_id, ts_ms) in new
+            self.activity[device_id].sequence.append((ts_ms, seq, counted))
+
+    def update_states(self, cursor) -> None:
+        ids = sorted(d for d, a in self.activity.items() if a.sequence or a.rejected)
+        if not ids:
+            return
+        cursor.execute(
+            "INSERT INTO telemetry_deviceingeststate (device_id, rejected_messages, "
+            "seq_received, lost_before_reset, seq_resets) "
+            "SELECT unnest(%s::bigint[]), 0, 0, 0, 0 ON CONFLICT DO NOTHING",
+            [ids],
+        )
+        cursor.execute(
+            "SELECT device_id, seq_base, seq_high, seq_high_time, seq_received, "
+            "lost_before_reset, seq_resets FROM telemetry_deviceingeststate "
+            "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+            [ids],
+        )
+        updates = []
+        for device_id, base, high, high_time, received, lost, resets in cursor.fetchall():
+            activity = self.activity[device_id]
+            window = SequenceWindow(
+                base, high, int(high_time.timestamp() * 1000) if high_time else None, received
+            )
+            for ts_ms, seq, counted in sorted(activity.sequence):
+                event = window.see(ts_ms, seq, counted)
+                if event is None:
+                    continue
+                kind, detail, count = event
+                if kind == IngestEventKind.RESET:
+                    lost += count
+                    resets += 1
+                self.result.events.append(
+                    IngestEvent(
+                        device_id=device_id,
+                        kind=kind,
+                        time=_when(ts_ms),
+                        detail=detail,
+                        count=count,
+                    )
+                )
+            updates.append(
+                (
+                    device_id,
+                    window.base,
+                    window.high,
+                    _when(window.high_ms) if window.high_ms is not None else None,
+                    window.received,
+                    lost,
+                    resets,
+                    activity.rejected,
+                    _when(activity.last_rejected_ms) if activity.rejected else None,
+                )
+            )
+        columns = list(zip(*updates, strict=True))
+        cursor.execute(
+            """
+            UPDATE telemetry_deviceingeststate s SET
+                seq_base = v.base, seq_high = v.high, seq_high_time = v.high_time,
+                seq_received = v.received, lost_before_reset = v.lost, seq_resets = v.resets,
+                rejected_messages = s.rejected_messages + v.rejected,
+                last_rejected_at = GREATEST(s.last_rejected_at, v.last_rejected)
+            FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[],
+                        %s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::timestamptz[])
+                AS v(device_id, base, high, high_time, received, lost, resets, rejected,
+                     last_rejected)
+            WHERE s.device_id = v.device_id
+            """,
+            [list(column) for column in columns],
+        )
+
+    def update_devices(self, cursor) -> None:
+        seen = sorted(
+            (device_id, _when(a.last_seen_ms) if a.last_seen_ms else None, a.status)
+            for device_id, a in self.activity.items()
+            if a.last_seen_ms or a.status
+        )
+        if not seen:
+            return
+        ids, last_seen, statuses = (list(column) for column in zip(*seen, strict=True))
+        cursor.execute(
+            """
+            UPDATE devices_device d SET
+                last_seen = GREATEST(d.last_seen, v.last_seen),
+                status = CASE WHEN d.status = %s THEN d.status ELSE COALESCE(v.status, d.status) END
+            FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS v(id, last_seen, status)
+            WHERE d.id = v.id
+            """,
+            [DeviceStatus.MAINTENANCE, ids, last_seen, statuses],
+        )
+        self.result.devices_updated = cursor.rowcount
+
+    def apply_reported(self) -> None:
+        if not self.reported:
+            return
+        devices = Device.objects.in_bulk({device_id for device_id, _ in self.reported})
+        for device_id, patch in self.reported:
+            if device_id in devices:
+                update_reported(devices[device_id], patch)
+
+    def write(self) -> IngestResult:
+        keys = {entry[1] for entry in self.entries if entry[1]}
+        devices, metrics = _load_devices(keys)
+        self.sort(devices, metrics)
+        with transaction.atomic(), connection.cursor() as cursor:
+            new = self.write_readings(cursor)
+            self.account_sequences(new)
+            self.update_states(cursor)
+            self.update_devices(cursor)
+            self.apply_reported()
+            RejectedMessage.objects.bulk_create(self.rejections)
+            IngestEvent.objects.bulk_create(self.result.events)
+        self.result.rejected = len(self.rejections)
+        return self.result
+
+
+def _range(metric: Metric) -> str:
+    low = "-∞" if metric.min_value is None else f"{metric.min_value:g}"
+    high = "∞" if metric.max_value is None else f"{metric.max_value:g}"
+    return f"[{low}, {high}]" + (f" {metric.unit}" if metric.unit else "")
+
+
+class SequenceWindow:
+    """A device's sequence numbers since its last reset (see DeviceIngestState)."""
+
+    def __init__(self, base: int | None, high: int | None, high_ms: int | None, received: int):
+        self.base, self.high, self.high_ms, self.received = base, high, high_ms, received
+
+    @property
+    def missing(self) -> int:
+        if self.base is None or self.high is None:
+            return 0
+        return max(0, self.high - self.base + 1 - self.received)
+
+    def start(self, ts_ms: int, seq: int) -> None:
+        self.base, self.high, self.high_ms, self.received = seq, seq, ts_ms, 1
+
+    def see(self, ts_ms: int, seq: int, counted: bool) -> tuple[str, str, int] | None:
+        """Take one sequenced reading; returns an event (kind, detail, messages lost) or None."""
+        if self.high is None or self.base is None or self.high_ms is None:
+            self.start(ts_ms, seq)
+            return None
+        if seq > self.high:
+            gap = seq - self.high - 1
+            previous = self.high
+            self.high, self.high_ms = seq, ts_ms
+            self.received += counted
+            if gap > 0:
+                return (
+                    IngestEventKind.GAP,
+                    f"seq jumped from {previous} to {seq}: {gap} message"
+                    f"{'s' if gap > 1 else ''} missing",
+                    gap,
+                )
+            return None
+        if ts_ms > self.high_ms:
+            # A lower number at a later time: the device restarted its counter (a reboot).
+            lost, previous = self.missing, self.high
+            self.start(ts_ms, seq)
+            return (
+                IngestEventKind.RESET,
+                f"sequence restarted at {seq} after {previous}"
+                + (f"; {lost} message{'s' if lost > 1 else ''} had gone missing" if lost else ""),
+                lost,
+            )
+        if seq >= self.base:
+            self.received += counted  # a late arrival fills its gap; a redelivery counts 0
+        return None
+
+
+def ingest_batch(entries: list[Entry]) -> IngestResult:
+    """Store one batch of validated entries (see telemetry/validation.py); idempotent."""
+    return BatchWriter(entries).write()
