@@ -106,6 +106,10 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNELS_REDIS_URL = env.str("CHANNELS_REDIS_URL", default=REDIS_URL)
 MQTT_URL = env.str("MQTT_URL", default="mqtt://127.0.0.1:1883")
+# Per-device MQTT accounts (devices/broker_accounts.py, docs/mqtt.md): with this on, creating,
+# rotating, disabling and deleting devices provisions them on Mosquitto's dynamic security plugin,
+# logged in as MQTT_URL's user (mqtt://USER:PASSWORD@HOST:1883). Off, the broker is not touched.
+MQTT_DYNSEC_ENABLED = env.bool("MQTT_DYNSEC_ENABLED", default=False)
 
 CHANNEL_LAYERS = {
     "default": {
@@ -132,6 +136,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_RESULT_EXPIRES = timedelta(hours=6)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Installed into django-celery-beat's tables when beat starts; operators may retime them there.
+CELERY_BEAT_SCHEDULE = {
+    "telemetry-partitions": {"task": "telemetry.maintain_partitions", "schedule": 3600.0},
+}
 
 # --- Auth -------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -220,6 +228,25 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IoTFleet <iotfleet@l
 # Largest device CSV an operator may import at once.
 DEVICE_IMPORT_MAX_BYTES = env.int("DEVICE_IMPORT_MAX_BYTES", default=5 * 1024 * 1024)
 DEVICE_IMPORT_MAX_ROWS = env.int("DEVICE_IMPORT_MAX_ROWS", default=20_000)
+
+# --- Telemetry ----------------------------------------------------------------------------------
+# Where readings live: "auto" picks a TimescaleDB hypertable when the server has the extension and
+# native range partitioning otherwise; "timescaledb" or "partitioned" force one (telemetry/storage).
+TELEMETRY_STORAGE = env.str("TELEMETRY_STORAGE", default="auto")
+TELEMETRY_RETENTION_DAYS = env.int("TELEMETRY_RETENTION_DAYS", default=90)
+TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("TELEMETRY_PARTITIONS_AHEAD_DAYS", default=7)
+# Edge validation (telemetry/validation.py): what a device may send.
+TELEMETRY_MAX_PAYLOAD_BYTES = env.int("TELEMETRY_MAX_PAYLOAD_BYTES", default=16 * 1024)
+TELEMETRY_MAX_READINGS_PER_MESSAGE = env.int("TELEMETRY_MAX_READINGS_PER_MESSAGE", default=100)
+TELEMETRY_MAX_CLOCK_AHEAD = timedelta(seconds=env.int("TELEMETRY_MAX_CLOCK_AHEAD", default=300))
+TELEMETRY_MAX_AGE = timedelta(days=env.int("TELEMETRY_MAX_AGE_DAYS", default=7))
+# The MQTT ingest worker (telemetry/ingest.py): a batch goes to Celery when it holds this many
+# messages or is this old, whichever comes first. RECEIVE_MAXIMUM caps the unacknowledged QoS 1
+# messages the broker sends ahead (MQTT v5), i.e. what the worker may hold in memory.
+INGEST_BATCH_SIZE = env.int("INGEST_BATCH_SIZE", default=1000)
+INGEST_FLUSH_SECONDS = env.float("INGEST_FLUSH_SECONDS", default=0.2)
+INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=4000)
+INGEST_STATS_SECONDS = env.float("INGEST_STATS_SECONDS", default=30.0)
 
 # --- Production hardening ---------------------------------------------------------------------
 if PRODUCTION:

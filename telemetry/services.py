@@ -424,3 +424,25 @@ class SequenceWindow:
 def ingest_batch(entries: list[Entry]) -> IngestResult:
     """Store one batch of validated entries (see telemetry/validation.py); idempotent."""
     return BatchWriter(entries).write()
+
+
+def reject_unstorable(entry: Entry, error: Exception) -> None:
+    """Record an entry the database refused for what it holds (not for being down), so that a
+    single poison message costs only itself."""
+    key = entry[1] if isinstance(entry[1], str) else ""
+    received_ms = (
+        entry[2] if isinstance(entry[2], int) else int(datetime.now(UTC).timestamp() * 1000)
+    )
+    device = Device.objects.filter(key=key).values_list("id", "tenant_id").first()
+    body = json.dumps(entry[3:], separators=(",", ":"), default=str)[:300].replace("\x00", "")
+    reason = f"could not be stored ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    RejectedMessage.objects.create(
+        device_id=device[0] if device else None,
+        tenant_id=device[1] if device else None,
+        device_key=key[:200],
+        topic=f"fleet/{key}/telemetry"[:300],
+        reason=reason.replace("\x00", ""),
+        payload_excerpt=body,
+        payload_size=len(body),
+        received_at=_when(received_ms),
+    )

@@ -3,40 +3,66 @@
 from __future__ import annotations
 
 import logging
+import random
 
+import psycopg
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
 from telemetry import services, storage
 from telemetry.validation import Entry
 
 log = logging.getLogger(__name__)
 
-# A batch must outlive any outage of the database: retry with backoff up to a minute apart,
-# for as long as it takes (the batch is only acknowledged once stored; acks_late is global).
-RETRY = {
-    "autoretry_for": (OperationalError, InterfaceError),
-    "retry_backoff": 1,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": None,
-}
+# The database is down or went away mid-batch (Django's wrapped errors, and psycopg's own from
+# COPY, which bypasses Django's cursor wrapper).
+DATABASE_DOWN = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+RETRY_MAX_SECONDS = 30
 
 
-@shared_task(name="telemetry.ingest_batch", acks_late=True, **RETRY)
-def ingest_batch_task(entries: list[Entry]) -> dict:
-    result = services.ingest_batch(entries)
-    return {
-        "messages": result.messages,
-        "stored": result.readings_stored,
-        "duplicates": result.readings_duplicate,
-        "rejected": result.rejected,
-    }
+def store(entries: list[Entry]) -> None:
+    """Store a batch; if the database refuses its content (not its absence), halve the batch
+    until the one entry it refuses is found and recorded as rejected: the rest is stored."""
+    try:
+        services.ingest_batch(entries)
+    except DATABASE_DOWN:
+        raise
+    except (DatabaseError, psycopg.DatabaseError) as error:
+        if len(entries) == 1:
+            log.error("an entry could not be stored and was rejected: %s", error)
+            services.reject_unstorable(entries[0], error)
+            return
+        log.warning("batch of %d refused (%s); storing it in halves", len(entries), error)
+        middle = len(entries) // 2
+        store(entries[:middle])
+        store(entries[middle:])
 
 
-@shared_task(name="telemetry.maintain_partitions", acks_late=True, **RETRY)
-def maintain_partitions_task() -> dict:
-    upkeep = storage.maintain_partitions()
+def backoff(retries: int) -> float:
+    return min(RETRY_MAX_SECONDS, 2**retries) * random.uniform(0.5, 1.0)
+
+
+@shared_task(
+    bind=True, name="telemetry.ingest_batch", acks_late=True, ignore_result=True, max_retries=None
+)
+def ingest_batch_task(self, entries: list[Entry]) -> None:
+    """Store one batch. If the database is unreachable, retry with backoff for as long as it
+    takes: the batch is acknowledged to Redis only once stored or re-queued (acks_late)."""
+    try:
+        store(entries)
+    except DATABASE_DOWN as error:
+        connection.close()  # the next attempt opens a fresh connection
+        log.warning("database unavailable (%s); batch of %d retried", error, len(entries))
+        raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
+
+
+@shared_task(bind=True, name="telemetry.maintain_partitions", acks_late=True, max_retries=5)
+def maintain_partitions_task(self) -> dict:
+    try:
+        upkeep = storage.maintain_partitions()
+    except DATABASE_DOWN as error:
+        connection.close()
+        raise self.retry(exc=error, countdown=backoff(self.request.retries)) from error
     return {
         "layout": upkeep.layout,
         "created": len(upkeep.created),

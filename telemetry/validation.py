@@ -64,7 +64,8 @@ def loads(payload: bytes) -> Any:
 
 
 def excerpt(payload: bytes) -> str:
-    text = payload[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+    """The start of a payload as text an operator can read (PostgreSQL text holds no NUL)."""
+    text = payload[:EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\\x00")
     return text + ("…" if len(payload) > EXCERPT_BYTES else "")
 
 
@@ -190,6 +191,8 @@ def parse_message(topic: str, payload: bytes, received_ms: int) -> Entry:
             return [STATUS, key, received_ms, parse_status(body)]
         if not isinstance(body, dict):
             raise Invalid('reported state is a JSON object like {"reporting_interval": 30}')
+        if b"\\u0000" in payload:
+            raise Invalid("reported state holds a \\u0000 character, which cannot be stored")
         return [REPORTED, key, received_ms, body]
     except Invalid as error:
         return rejection(key, received_ms, topic, str(error), payload)

@@ -7,12 +7,14 @@ server here runs from a config generated in the test's tmp_path and is stopped w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -145,6 +147,8 @@ def start_mosquitto(
     broker = Mosquitto(directory=directory, port=port or free_port())
     lines = [
         f"listener {broker.port} 127.0.0.1",
+        # As root, mosquitto would switch to its own user, which cannot write to pytest's tmp.
+        *(["user root"] if os.geteuid() == 0 else []),
         "persistence true",
         f"persistence_location {directory}/",
         "autosave_interval 1",
@@ -278,3 +282,82 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
     finally:
         for process in started:
             stop(process)
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def pg_binary(name: str) -> str:
+    versions = sorted(PG_BIN.glob("*/bin/" + name), key=lambda p: int(p.parts[-3]))
+    assert versions, f"PostgreSQL's {name} is missing (Debian: apt-get install postgresql)"
+    return str(versions[-1])
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster of the test's own, which a test may crash and restart."""
+
+    directory: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            as_postgres([pg_binary("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args]),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        self._ctl("-o", options, "-l", str(self.directory / "postgres.log"), "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`mode="immediate"` is a crash: no checkpoint, recovery from the WAL on the next start."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._ctl("-m", mode, "stop")
+
+    def restart(self, mode: str = "immediate") -> None:
+        self.stop(mode)
+        self.start()
+
+
+def start_postgres(directory: Path) -> Postgres:
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+        for parent in directory.parents:  # pytest's tmp dirs are 0700: let postgres through
+            if str(parent).startswith(tempfile.gettempdir() + os.sep):
+                parent.chmod(parent.stat().st_mode | 0o711)
+    server = Postgres(directory=directory, port=free_port())
+    subprocess.run(
+        as_postgres(
+            [
+                pg_binary("initdb"),
+                "-D",
+                str(server.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    server.start()
+    return server

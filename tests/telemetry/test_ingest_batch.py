@@ -246,3 +246,20 @@ def test_upkeep_drops_partitions_past_retention_and_creates_ahead(db, settings):
     later = storage.maintain_partitions(today + timedelta(days=1))
     assert later.created == [storage.partition_name(today + timedelta(days=8))]
     assert storage.maintain_partitions(today + timedelta(days=1)).created == []
+
+
+def test_a_poison_entry_the_database_refuses_costs_only_itself(fr1, fr2):
+    from telemetry.tasks import store
+
+    poison = ["r", "fr-2", NOW_MS, {"note": "a\u0000b"}]  # jsonb refuses \u0000
+    store(
+        [
+            telemetry("fr-1", NOW_MS - 1000, temperature=1.0),
+            poison,
+            telemetry("fr-1", NOW_MS, temperature=2.0),
+        ]
+    )
+    assert readings_of(fr1) == [("temperature", 1.0, False), ("temperature", 2.0, False)]
+    rejection = RejectedMessage.objects.get()
+    assert rejection.device_id == fr2.id
+    assert rejection.reason.startswith("could not be stored (")

@@ -133,3 +133,14 @@ def test_status_and_reported_state_are_parsed():
 
 def test_deeply_nested_json_is_rejected_not_a_crash():
     assert "nested too deeply" in reason_of("[" * 8000 + "]" * 8000)
+
+
+def test_an_excerpt_never_holds_a_nul_byte_which_postgresql_text_refuses():
+    entry = parse(b"\xff\xfe\x00 and more")
+    assert "\x00" not in entry[5]
+    assert "\\x00" in entry[5]
+
+
+def test_reported_state_with_a_nul_character_is_rejected_at_the_edge():
+    reason = reason_of(b'{"note": "a\\u0000b"}', "fleet/fr-1/shadow/reported")
+    assert "\\u0000 character" in reason

@@ -1,0 +1,298 @@
+"""The MQTT ingest worker behind `manage.py mqtt_ingest`.
+
+At least once, never lost:
+- MQTT v5, QoS 1, a persistent session (clean_start off, a session expiry) under a stable client
+  id, so the broker keeps this worker's share of messages while it restarts and redelivers what
+  it had sent but not seen acknowledged;
+- a shared subscription (`$share/ingest/...`), so several workers split the load;
+- paho-mqtt's manual acks: a message is acknowledged only after the batch holding it was handed
+  to Celery (pushed to Redis). Our Receive Maximum caps how many unacknowledged messages the broker
+  sends ahead, which bounds what the worker holds in memory;
+- a batch goes to Celery when it reaches INGEST_BATCH_SIZE messages or INGEST_FLUSH_SECONDS of
+  age; if Redis is down the worker keeps the batch, retries with backoff and acknowledges nothing,
+  and the broker stops sending once Receive Maximum messages are unacknowledged;
+- on SIGTERM it hands over what it holds, acknowledges it and disconnects cleanly.
+
+Messages are validated here (telemetry/validation.py) before they are batched; a bad one becomes
+a rejection entry in the batch, so it is recorded and acknowledged like the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from telemetry.validation import REJECTED, Entry, parse_message
+
+log = logging.getLogger("telemetry.ingest")
+
+SHARE_GROUP = "ingest"
+TOPICS = ("fleet/+/telemetry", "fleet/+/status", "fleet/+/shadow/reported")
+SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
+HANDOVER_BACKOFF_MAX = 10.0
+# On SIGTERM with Redis down, how long to keep trying before leaving the batch to redelivery.
+STOP_GRACE_SECONDS = 10.0
+
+Send = Callable[[list[Entry]], None]
+
+
+def subscriptions(group: str = SHARE_GROUP) -> list[tuple[str, SubscribeOptions]]:
+    return [(f"$share/{group}/{topic}", SubscribeOptions(qos=1)) for topic in TOPICS]
+
+
+def default_client_id() -> str:
+    return f"iotfleet-ingest-{socket.gethostname()}"
+
+
+def send_to_celery(entries: list[Entry]) -> None:
+    from telemetry.tasks import ingest_batch_task
+
+    # Fail fast (a few seconds) rather than hang: the worker retries the handover itself.
+    ingest_batch_task.apply_async(
+        args=[entries],
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )
+
+
+@dataclass
+class Counters:
+    messages: int = 0
+    rejected: int = 0
+    batches: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+    def reset(self) -> None:
+        self.messages = self.rejected = self.batches = 0
+        self.since = time.monotonic()
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        url: str | None = None,
+        client_id: str | None = None,
+        *,
+        batch_size: int | None = None,
+        flush_seconds: float | None = None,
+        receive_maximum: int | None = None,
+        stats_seconds: float | None = None,
+        send: Send = send_to_celery,
+    ) -> None:
+        self.url = urllib.parse.urlsplit(url or settings.MQTT_URL)
+        self.client_id = client_id or default_client_id()
+        self.batch_size = batch_size or settings.INGEST_BATCH_SIZE
+        self.flush_seconds = flush_seconds or settings.INGEST_FLUSH_SECONDS
+        self.receive_maximum = receive_maximum or settings.INGEST_RECEIVE_MAXIMUM
+        self.stats_seconds = stats_seconds or settings.INGEST_STATS_SECONDS
+        self.send = send
+
+        self.lock = threading.Lock()
+        self.pending: list[Entry] = []
+        self.acks: list[tuple[int, int, int]] = []  # (connection, mid, qos)
+        self.oldest = 0.0  # monotonic time the oldest pending message arrived
+        self.full = threading.Event()
+        self.stopping = threading.Event()
+        self.connection = 0  # bumped on every connect: acks only go back on their own connection
+        self.connected = threading.Event()
+        self.interval = Counters()
+        self.total = Counters()
+        self.client = self._make_client()
+
+    # --- MQTT ---------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if self.url.username:
+            client.username_pw_set(
+                urllib.parse.unquote(self.url.username),
+                urllib.parse.unquote(self.url.password or ""),
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self.on_connect
+        client.on_disconnect = self.on_disconnect
+        client.on_message = self.on_message
+        return client
+
+    def on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error(
+                "MQTT broker %s refused the connection: %s (check MQTT_URL's user and password)",
+                self.url.hostname,
+                reason_code,
+            )
+            return
+        with self.lock:
+            self.connection += 1
+        log.info(
+            "connected to %s:%s as %s (session %s)",
+            self.url.hostname,
+            self.url.port or 1883,
+            self.client_id,
+            "resumed" if flags.session_present else "new",
+        )
+        client.subscribe(subscriptions())
+        self.connected.set()
+
+    def on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self.stopping.is_set():
+            log.warning("lost the MQTT broker (%s); reconnecting with backoff", reason_code)
+
+    def on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        entry = parse_message(message.topic, message.payload, int(time.time() * 1000))
+        with self.lock:
+            if not self.pending:
+                self.oldest = time.monotonic()
+            self.pending.append(entry)
+            if message.qos:
+                self.acks.append((self.connection, message.mid, message.qos))
+            if len(self.pending) >= self.batch_size:
+                self.full.set()
+
+    # --- batches ------------------------------------------------------------------------------
+    def take_batch(self) -> tuple[list[Entry], list[tuple[int, int, int]]]:
+        with self.lock:
+            batch, acks = self.pending, self.acks
+            self.pending, self.acks = [], []
+            self.full.clear()
+            return batch, acks
+
+    def hand_over(self, batch: list[Entry]) -> bool:
+        """Push the batch to Celery, retrying with backoff; False if stopping cut it short."""
+        delay, deadline = 0.5, None
+        while True:
+            try:
+                self.send(batch)
+                return True
+            except Exception as error:  # the broker's errors vary by transport; all mean "retry"
+                if self.stopping.is_set():
+                    deadline = deadline or time.monotonic() + STOP_GRACE_SECONDS
+                    if time.monotonic() > deadline:
+                        log.error(
+                            "stopping with %d messages not handed to Celery (%s); they stay "
+                            "unacknowledged and the MQTT broker redelivers them",
+                            len(batch),
+                            error,
+                        )
+                        return False
+                log.warning(
+                    "cannot hand %d messages to Celery (%s: %s); holding them, retry in %.1f s",
+                    len(batch),
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, HANDOVER_BACKOFF_MAX)
+
+    def flush(self) -> None:
+        batch, acks = self.take_batch()
+        if not batch:
+            return
+        if not self.hand_over(batch):
+            return
+        with self.lock:
+            current = self.connection
+        for connection, mid, qos in acks:
+            # A message from an earlier connection is redelivered by the broker on this one
+            # (and stored only once): acknowledging its old id here could ack another message.
+            if connection == current:
+                self.client.ack(mid, qos)
+        rejected = sum(1 for entry in batch if entry[0] == REJECTED)
+        for counters in (self.interval, self.total):
+            counters.messages += len(batch)
+            counters.rejected += rejected
+            counters.batches += 1
+
+    def due(self) -> bool:
+        with self.lock:
+            if not self.pending:
+                return False
+            return (
+                len(self.pending) >= self.batch_size
+                or time.monotonic() - self.oldest >= self.flush_seconds
+            )
+
+    def wait_time(self) -> float:
+        with self.lock:
+            if not self.pending:
+                return self.flush_seconds
+            return max(0.0, self.flush_seconds - (time.monotonic() - self.oldest))
+
+    def log_throughput(self, final: bool = False) -> None:
+        counters = self.total if final else self.interval
+        elapsed = max(time.monotonic() - counters.since, 1e-9)
+        per_batch = counters.messages / counters.batches if counters.batches else 0.0
+        log.info(
+            "%s: %d messages in %.0f s (%.0f msg/s), %d batches (%.0f per batch, %.4f tasks per "
+            "message), %d rejected, holding %d",
+            "ingest total" if final else "ingest",
+            counters.messages,
+            elapsed,
+            counters.messages / elapsed,
+            counters.batches,
+            per_batch,
+            counters.batches / counters.messages if counters.messages else 0.0,
+            counters.rejected,
+            len(self.pending),
+        )
+        if not final:
+            self.interval.reset()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def stop(self, *_: object) -> None:
+        self.stopping.set()
+        self.full.set()
+
+    def run(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        properties.ReceiveMaximum = self.receive_maximum
+        self.client.connect_async(
+            self.url.hostname or "127.0.0.1",
+            self.url.port or 1883,
+            keepalive=30,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+        log.info(
+            "mqtt_ingest started: %s, batches of %d or %.2f s, receive maximum %d",
+            ", ".join(f"$share/{SHARE_GROUP}/{t}" for t in TOPICS),
+            self.batch_size,
+            self.flush_seconds,
+            self.receive_maximum,
+        )
+        next_stats = time.monotonic() + self.stats_seconds
+        try:
+            while not self.stopping.is_set():
+                self.full.wait(
+                    timeout=min(self.wait_time(), max(0.0, next_stats - time.monotonic()))
+                )
+                if self.due():
+                    self.flush()
+                if time.monotonic() >= next_stats:
+                    self.log_throughput()
+                    next_stats = time.monotonic() + self.stats_seconds
+            self.flush()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.log_throughput(final=True)
+            log.info("mqtt_ingest stopped cleanly")
