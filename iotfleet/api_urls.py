@@ -49,6 +49,7 @@ class RedocView(SpectacularRedocView):
 
 urlpatterns = [
     path("", include(router.urls)),
+    path("", include("telemetry.api.urls")),
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
