@@ -18,7 +18,8 @@ DEMO_LOGIN := demo / $(or $(DEMO_PASSWORD),iotfleet-demo)
 
 .PHONY: help
 help:
-	@echo "make run       check services, migrate, seed the demo fleet, start web + worker + beat"
+	@echo "make run       check services, migrate, seed the demo fleet, start web, worker, beat,"
+	@echo "               MQTT ingest and a simulator that brings the demo devices to life"
 	@echo "make test      run the test suite (pytest, real PostgreSQL/Redis/Mosquitto)"
 	@echo "make services  check PostgreSQL, Redis and MQTT are reachable (creates the database)"
 	@echo "make migrate   apply database migrations"
@@ -40,7 +41,8 @@ run: $(STAMP)
 	$(MANAGE) migrate --noinput
 	$(MANAGE) seed_demo --devices $(DEVICES)
 	@echo ""
-	@echo "IoTFleet is starting (web, worker, beat; Ctrl-C stops them all):"
+	@echo "IoTFleet is starting (web, worker, beat, MQTT ingest and the device simulator;"
+	@echo "Ctrl-C stops them all):"
 	@echo "  Dashboard / admin  http://127.0.0.1:$(PORT)/admin/"
 	@echo "  API docs           http://127.0.0.1:$(PORT)/api/v1/docs/"
 	@echo "  Demo login         $(DEMO_LOGIN)   (admin of Acme Cold Chain)"

@@ -7,6 +7,7 @@ it again, whatever happens.
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import re
 import signal
@@ -155,14 +156,20 @@ def test_a_celery_worker_answers_a_ping_and_stops_on_sigterm(launch):
     assert "warm shutdown" in output_of(worker).lower()
 
 
-def test_make_run_brings_up_web_worker_and_beat_with_the_printed_login(tmp_path):
+def test_make_run_brings_up_a_live_fleet_with_the_printed_login(tmp_path, mosquitto):
     """`make run` as a newcomer types it: its own fresh database, every process up, the printed
-    URL and login working; Ctrl-C stops everything it started."""
+    URL and login working, simulated devices coming online with readings; Ctrl-C stops
+    everything it started. (A private broker, so no developer's ingest session is touched.)"""
     database = f"iotfleet_makerun_{uuid.uuid4().hex[:8]}"
     port = free_port()
     log = tmp_path / "make-run.log"
     env = {k: v for k, v in os.environ.items() if k not in {"DEMO_PASSWORD", "MAKEFLAGS"}}
-    env |= {"DATABASE_URL": database_url(database), "PORT": str(port), "DEVICES": "20"}
+    env |= {
+        "DATABASE_URL": database_url(database),
+        "PORT": str(port),
+        "DEVICES": "20",
+        "MQTT_URL": mosquitto.url,
+    }
     with log.open("wb") as out:
         make = subprocess.Popen(
             ["make", "run"],
@@ -188,6 +195,13 @@ def test_make_run_brings_up_web_worker_and_beat_with_the_printed_login(tmp_path)
         body = urllib.parse.urlencode({"username": "demo", "password": "iotfleet-demo"}).encode()
         with HTTP.open(f"{base}/api/v1/auth/token/", data=body, timeout=10) as response:
             assert response.status == 200
+            token = json.loads(response.read())["token"]
+        # The simulator's devices come online through MQTT, ingest, Celery and the database.
+        wait_for_log(make, "mqtt_ingest started")
+        online = wait_for_api(f"{base}/api/v1/devices/?status=online", token, make)
+        key = online["results"][0]["key"]
+        latest = wait_for_api(f"{base}/api/v1/devices/{key}/latest/", token, make, "latest")
+        assert latest["latest"][0]["value"] is not None
     finally:
         os.killpg(make.pid, signal.SIGINT)
         try:
@@ -199,6 +213,19 @@ def test_make_run_brings_up_web_worker_and_beat_with_the_printed_login(tmp_path)
     time.sleep(1)
     with pytest.raises(ProcessLookupError):
         os.killpg(make.pid, 0)  # nothing of the group is left running
+
+
+def wait_for_api(url: str, token: str, process: subprocess.Popen, field: str = "results") -> dict:
+    """GET `url` with the token until its `field` is non-empty."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})  # noqa: S310
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with HTTP.open(request, timeout=10) as response:
+            body = json.loads(response.read())
+        if body.get(field):
+            return body
+        time.sleep(0.5)
+    pytest.fail(f"{url} still empty after {START_TIMEOUT:g} s:\n{output_of(process)}")
 
 
 def wait_for_log(process: subprocess.Popen, *fragments: str) -> None:
@@ -220,14 +247,16 @@ def drop_database(name: str) -> None:
         maintenance.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_the_procfile_runs_web_worker_and_beat():
+def test_the_procfile_runs_web_worker_beat_ingest_and_the_simulator():
     processes = dict(
         line.split(":", 1)
         for line in (REPO / "Procfile").read_text().splitlines()
         if line and not line.startswith("#")
     )
 
-    assert list(processes) == ["web", "worker", "beat"]
+    assert list(processes) == ["web", "worker", "beat", "ingest", "simulator"]
+    assert "manage.py mqtt_ingest" in processes["ingest"]
+    assert "manage.py simulate" in processes["simulator"]
     assert "daphne -b 127.0.0.1 -p $PORT iotfleet.asgi:application" in processes["web"]
     assert "celery -A iotfleet worker" in processes["worker"]
     assert "django_celery_beat.schedulers:DatabaseScheduler" in processes["beat"]
