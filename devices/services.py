@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import broker_accounts
+from .broker_accounts import DeviceAccount
 from .credentials import hash_secret, new_secret
 from .models import (
     Device,
@@ -88,10 +90,12 @@ def create_device(
 
 @transaction.atomic
 def create_devices(tenant: Tenant, specs: Sequence[DeviceSpec]) -> list[NewCredential]:
-    """Register devices, each with a fresh credential and an empty shadow: all of them or none.
+    """Register devices, each with a fresh credential, an empty shadow and its MQTT account on the
+    broker: all of them or none.
 
-    A handful of queries whatever the count, so a CSV import of thousands of rows is one quick
-    request. Raises DeviceRefused naming the first spec that is not valid.
+    A handful of queries and broker messages whatever the count, so a CSV import of thousands of
+    rows is one quick request. Raises DeviceRefused naming the first spec that is not valid, and
+    BrokerAccountError (nothing saved) if the broker did not take the accounts.
     """
     now = timezone.now()
     devices: list[Device] = []
@@ -141,6 +145,10 @@ def create_devices(tenant: Tenant, specs: Sequence[DeviceSpec]) -> list[NewCrede
         for device, spec in zip(devices, specs, strict=True)
         for group in spec.groups
     )
+    # Last, inside the transaction: if the broker refuses, the devices are not created either.
+    broker_accounts.provision_devices(
+        DeviceAccount(d.key, s, d.is_enabled) for d, s in zip(devices, secrets, strict=True)
+    )
     return [NewCredential(d, s) for d, s in zip(devices, secrets, strict=True)]
 
 
@@ -157,12 +165,99 @@ def _check_batch_rules(tenant: Tenant, spec: DeviceSpec, keys_so_far: set[str]) 
 
 
 def rotate_credentials(device: Device) -> NewCredential:
-    """Give the device a new secret; the old one stops working at once."""
-    secret = new_secret()
-    device.credential_hash = hash_secret(secret)
-    device.credential_rotated_at = timezone.now()
-    device.save(update_fields=["credential_hash", "credential_rotated_at", "updated_at"])
-    return NewCredential(device=device, secret=secret)
+    """Give the device a new secret; the old one stops working at once, on the broker too."""
+    return rotate_credentials_of([device])[0]
+
+
+@transaction.atomic
+def rotate_credentials_of(devices: Iterable[Device]) -> list[NewCredential]:
+    """Give each device a new secret, in one go on the broker: all of them or none.
+
+    The broker disconnects a device logged in with its old secret. Raises BrokerAccountError
+    (nothing saved) if the broker did not take the new passwords.
+    """
+    now = timezone.now()
+    credentials = []
+    for device in devices:
+        secret = new_secret()
+        device.credential_hash = hash_secret(secret)
+        device.credential_rotated_at = now
+        device.updated_at = now
+        credentials.append(NewCredential(device=device, secret=secret))
+    Device.objects.bulk_update(
+        [credential.device for credential in credentials],
+        ["credential_hash", "credential_rotated_at", "updated_at"],
+    )
+    broker_accounts.set_device_passwords(
+        DeviceAccount(c.device.key, c.secret, c.device.is_enabled) for c in credentials
+    )
+    return credentials
+
+
+# What update_device() may change; the key (the MQTT identity) and the tenant are fixed.
+UPDATABLE_FIELDS = frozenset(
+    {
+        "name",
+        "device_type",
+        "location",
+        "latitude",
+        "longitude",
+        "attributes",
+        "tags",
+        "is_enabled",
+        "firmware_version",
+    }
+)
+
+
+@transaction.atomic
+def update_device(device: Device, **changes: Any) -> Device:
+    """Change a device's details (UPDATABLE_FIELDS, and `groups` to replace its groups).
+
+    Disabling the device shuts it out of the broker at once (it is disconnected and its logins
+    refused); enabling it lets it log in again. Only the fields given are written, so status and
+    last_seen, which the ingest keeps current meanwhile, are not overwritten with stale values.
+    Raises ValidationError for invalid values and BrokerAccountError (nothing saved) if the broker
+    did not take the change.
+    """
+    groups = changes.pop("groups", None)
+    for fixed in ("key", "tenant"):
+        if fixed in changes and changes.pop(fixed) != getattr(device, fixed):
+            raise ValidationError({fixed: f"A device's {fixed} cannot change after create."})
+    unknown = set(changes) - UPDATABLE_FIELDS
+    if unknown:
+        raise TypeError(f"update_device() cannot change {', '.join(sorted(unknown))}.")
+    if groups is not None:
+        foreign = [group.name for group in groups if group.tenant_id != device.tenant_id]
+        if foreign:
+            raise ValidationError({"groups": f"These groups belong to another tenant: {foreign}."})
+    was_enabled = (
+        Device.objects.select_for_update().filter(pk=device.pk).values_list("is_enabled", flat=True)
+    ).get()
+    for name, value in changes.items():
+        setattr(device, name, value)
+    device.full_clean(exclude=["tenant", "device_type"], validate_unique=False)
+    device.save(update_fields=[*changes, "updated_at"])
+    if groups is not None:
+        device.groups.set(groups)
+    if device.is_enabled != was_enabled:
+        broker_accounts.set_device_enabled(device.key, device.is_enabled)
+    return device
+
+
+@transaction.atomic
+def delete_devices(devices: Iterable[Device]) -> int:
+    """Delete devices (their shadows and history with them) and their MQTT accounts, so a deleted
+    device can no longer log in; returns how many were deleted.
+
+    The rows go first, inside the transaction, then the accounts: a device that something still
+    protects stays whole, and if the broker cannot remove the accounts the rows come back
+    (BrokerAccountError) rather than leave a device the platform forgot but the broker lets in.
+    """
+    devices = list(devices)
+    _, deleted = Device.objects.filter(pk__in=[device.pk for device in devices]).delete()
+    broker_accounts.remove_devices(device.key for device in devices)
+    return deleted.get(Device._meta.label, 0)
 
 
 def add_devices_to_group(devices: Iterable[Device], group: DeviceGroup) -> int:

@@ -41,7 +41,7 @@ def compose(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def services() -> dict[str, Any]:
     """The services as compose resolves them (anchors merged, variables substituted)."""
-    result = compose("--profile", "ingest", "config")
+    result = compose("config")
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)["services"]
 
@@ -86,7 +86,8 @@ def test_app_processes_reach_the_backing_services_once_healthy(services, process
 
     assert "@db:5432/" in environment["DATABASE_URL"]
     assert environment["REDIS_URL"].startswith("redis://redis:6379")
-    assert environment["MQTT_URL"] == "mqtt://mosquitto:1883"
+    assert environment["MQTT_URL"].endswith("@mosquitto:1883")  # the platform's broker login
+    assert environment["MQTT_DYNSEC_ENABLED"] == "true"
     for backing in ("db", "redis", "mosquitto"):
         assert service["depends_on"][backing]["condition"] == "service_healthy"
     assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -97,9 +98,17 @@ def test_every_backing_service_has_a_healthcheck(services):
         assert services[name]["healthcheck"]["test"], name
 
 
-def test_ingest_waits_behind_a_profile_until_it_exists(services):
-    assert services["ingest"]["profiles"] == ["ingest"]
-    assert "mqtt_ingest" in " ".join(services["ingest"]["command"])
+def test_ingest_runs_under_a_stable_client_id_with_time_to_flush(services):
+    command = services["ingest"]["command"]
+    assert command[:3] == ["python", "manage.py", "mqtt_ingest"]
+    assert command[command.index("--client-id") + 1] == "iotfleet-ingest-1"
+    assert "profiles" not in services["ingest"]
+
+
+def test_redis_keeps_queued_batches_on_disk_at_every_write(services):
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
 
 
 def test_the_processes_share_one_image(services):

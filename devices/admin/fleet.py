@@ -12,11 +12,11 @@ from urllib.parse import quote
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.models import ADDITION, LogEntry
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
-from django.forms import Form
-from django.http import HttpRequest, HttpResponse
+from django.forms import Form, ModelForm
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import formats, timezone
@@ -26,7 +26,14 @@ from django.utils.safestring import SafeString
 
 from devices import services
 from devices.admin.tenancy import TenantScopedAdmin, TenantScopedFilter
-from devices.device_import import COLUMNS, LIST_SEPARATOR, REQUIRED_COLUMNS, import_devices
+from devices.broker_accounts import BrokerAccountError
+from devices.device_import import (
+    COLUMNS,
+    LIST_SEPARATOR,
+    REQUIRED_COLUMNS,
+    ImportResult,
+    import_devices,
+)
 from devices.forms import (
     AddTagForm,
     ConfirmForm,
@@ -43,6 +50,7 @@ from devices.models import (
     Role,
     Tenant,
 )
+from telemetry.admin import DEVICE_TELEMETRY_FIELDS, DEVICE_TELEMETRY_FIELDSET
 
 # --- Devices ------------------------------------------------------------------------------------
 
@@ -130,6 +138,7 @@ class DeviceAdmin(TenantScopedAdmin):
         "created_at",
         "updated_at",
         "shadow_state",
+        *DEVICE_TELEMETRY_FIELDS,
     ]
     actions = [
         "move_to_group",
@@ -157,6 +166,7 @@ class DeviceAdmin(TenantScopedAdmin):
             },
         ),
         ("Shadow", {"fields": ["shadow_state"]}),
+        DEVICE_TELEMETRY_FIELDSET,
     ]
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list:
@@ -181,12 +191,19 @@ class DeviceAdmin(TenantScopedAdmin):
         shadow = DeviceShadow.objects.filter(device=obj).first()
         return shadow_summary(shadow) if shadow is not None else "No shadow yet."
 
-    # Adding goes through create_device(), which hashes the credential and makes the shadow; the
-    # secret lives only on this request until the response shows it.
+    # Adding goes through create_device(), which hashes the credential, makes the shadow and the
+    # device's MQTT account; the secret lives only on this request until the response shows it.
+    # Changing goes through update_device(), deleting through delete_devices(). If the broker does
+    # not take the change, the transaction rolls back and the operator is told what to do.
 
     def save_model(self, request: HttpRequest, obj: Device, form: Any, change: bool) -> None:
         if change:
-            super().save_model(request, obj, form, change)
+            changes = {
+                name: form.cleaned_data[name]
+                for name in form.changed_data
+                if name in services.UPDATABLE_FIELDS or name == "groups"
+            }
+            services.update_device(obj, **changes)
             return
         data = dict(form.cleaned_data)
         credential = services.create_device(
@@ -203,6 +220,64 @@ class DeviceAdmin(TenantScopedAdmin):
         obj._state.adding = False
         obj._state.db = device._state.db
         request._iotfleet_new_credentials = [credential]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # The groups were set by create_device() / update_device(); only formsets are left.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request: HttpRequest, obj: Device) -> None:
+        services.delete_devices([obj])
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple:
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A shadow goes with its device: its admin refuses deleting one on its own, not this.
+        perms_needed.discard(DeviceShadow._meta.verbose_name)
+        return deleted, model_count, perms_needed, protected
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        services.delete_devices(queryset)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except BrokerAccountError as error:
+            # Nothing was saved (the transaction rolled back): the same form again, with why.
+            request._iotfleet_broker_error = error
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm]:
+        form = super().get_form(request, obj, change, **kwargs)
+        error = getattr(request, "_iotfleet_broker_error", None)
+        return form if error is None else _refused_by_broker(form, error)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict | None = None
+    ) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except BrokerAccountError as error:
+            self.message_user(request, _not_saved(error), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
+        if request.method != "POST":
+            return super().changelist_view(request, extra_context)
+        # Actions (delete, rotate credentials) change the broker too: all or nothing.
+        try:
+            with transaction.atomic():
+                return super().changelist_view(request, extra_context)
+        except BrokerAccountError as error:
+            self.message_user(request, _not_saved(error), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def response_add(
         self, request: HttpRequest, obj: Device, post_url_continue: str | None = None
@@ -369,7 +444,7 @@ class DeviceAdmin(TenantScopedAdmin):
                 submit="Rotate credentials",
             )
         with transaction.atomic():
-            credentials = [services.rotate_credentials(device) for device in devices]
+            credentials = services.rotate_credentials_of(devices)
             for device in devices:
                 self.log_change(request, device, "Rotated the device credentials.")
         return self.credentials_page(
@@ -425,7 +500,10 @@ class DeviceAdmin(TenantScopedAdmin):
         errors: list[str] = []
         if form.is_valid():
             tenant = form.cleaned_data["tenant"]
-            result = import_devices(tenant, form.cleaned_data["file"])
+            try:
+                result = import_devices(tenant, form.cleaned_data["file"])
+            except BrokerAccountError as error:
+                result = ImportResult(errors=[(None, _not_saved(error))])
             if result.ok:
                 LogEntry.objects.log_actions(
                     request.user.pk,
@@ -451,6 +529,22 @@ class DeviceAdmin(TenantScopedAdmin):
             "separator": LIST_SEPARATOR,
         }
         return TemplateResponse(request, "admin/devices/device/import.html", context)
+
+
+def _not_saved(error: BrokerAccountError) -> str:
+    return f"Nothing was saved: the MQTT broker did not take the change. {error}"
+
+
+def _refused_by_broker(form: type[ModelForm], error: BrokerAccountError) -> type[ModelForm]:
+    """The device form, failing validation with the broker's refusal so the operator's input is
+    shown again with what to do."""
+
+    class RefusedByBroker(form):  # type: ignore[valid-type, misc]
+        def clean(self) -> dict[str, Any]:
+            super().clean()
+            raise ValidationError(_not_saved(error))
+
+    return RefusedByBroker
 
 
 def _applied(request: HttpRequest) -> Any:

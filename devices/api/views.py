@@ -6,19 +6,22 @@ from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, ProtectedError, QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from devices.broker_accounts import BrokerAccountError
 from devices.models import Device, DeviceGroup, DeviceShadow, DeviceType, Tenant
 from devices.services import (
     ShadowVersionConflict,
     create_device,
+    delete_devices,
     rotate_credentials,
     update_desired,
+    update_device,
 )
 
 from .filters import DeviceFilter, DeviceGroupFilter, DeviceTypeFilter
@@ -35,11 +38,20 @@ from .serializers import (
 )
 from .tenancy import (
     TENANT_HEADER_PARAMETER,
+    Conflict,
     TenantScopedReadOnlyViewSet,
     TenantScopedViewSet,
 )
 
 create_in_tenant = extend_schema(parameters=[TENANT_HEADER_PARAMETER])
+
+
+class BrokerUnavailable(exceptions.APIException):
+    """The MQTT broker did not take a device account change; nothing was saved."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The MQTT broker did not take the change; nothing was saved. Try again."
+    default_code = "broker_unavailable"
 
 
 @extend_schema_view(
@@ -113,6 +125,27 @@ class DeviceViewSet(TenantScopedViewSet):
         context = {**self.get_serializer_context(), "credential_secret": new.secret}
         body = DeviceCreatedSerializer(new.device, context=context).data
         return Response(body, status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer: DeviceSerializer) -> None:
+        try:
+            update_device(serializer.instance, **serializer.validated_data)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.message_dict) from error
+
+    def perform_destroy(self, instance: Device) -> None:
+        try:
+            delete_devices([instance])
+        except ProtectedError as error:
+            raise Conflict(
+                f"{len(error.protected_objects)} object(s) still refer to this device: "
+                "delete them first."
+            ) from error
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # Creating, changing, rotating and deleting devices changes their MQTT accounts too.
+        if isinstance(exc, BrokerAccountError):
+            exc = BrokerUnavailable(f"Nothing was saved: {exc}")
+        return super().handle_exception(exc)
 
     @extend_schema(request=None, responses=CredentialSerializer)
     @action(detail=True, methods=["post"], url_path="rotate-credentials")
