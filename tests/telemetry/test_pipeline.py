@@ -4,7 +4,11 @@ real Celery worker, readings land in PostgreSQL exactly once — whatever is kil
 from __future__ import annotations
 
 import signal
+import time
 
+import paho.mqtt.client as mqtt
+
+from devices import broker_accounts
 from tests.servers import output_of
 from tests.telemetry.pipeline import (
     KEYS,
@@ -169,3 +173,38 @@ def test_status_and_last_will_set_the_device_status(pipeline, publisher):
     pipeline.wait_until(
         "statuses", lambda: statuses() == {KEYS[0]: "online", KEYS[1]: "offline"}, timeout=30
     )
+
+
+def test_with_per_device_accounts_a_device_cannot_write_another_devices_readings(
+    pipeline, secured_mosquitto, settings
+):
+    """The production broker setup: devices log in with their own secrets and may publish only
+    under fleet/{key}/; the ingest worker logs in as the platform. A device publishing on its
+    neighbour's topic stores nothing for the neighbour."""
+    settings.MQTT_URL = secured_mosquitto.url
+    settings.MQTT_DYNSEC_ENABLED = True
+    broker_accounts.provision_devices([(KEYS[0], "secret-0", True), (KEYS[1], "secret-1", True)])
+    broker_accounts.grant_platform_access()
+    pipeline.mosquitto = secured_mosquitto
+    pipeline.start_worker()
+    pipeline.start_ingest()
+
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=KEYS[0])
+    device.username_pw_set(KEYS[0], "secret-0")
+    device.connect("127.0.0.1", secured_mosquitto.port)
+    device.loop_start()
+    try:
+        now = int(time.time() * 1000)
+        forged = device.publish(f"fleet/{KEYS[1]}/telemetry", telemetry_payload(now, 0, 1.0), qos=1)
+        forged.wait_for_publish(10)
+        own = device.publish(f"fleet/{KEYS[0]}/telemetry", telemetry_payload(now, 0, 2.0), qos=1)
+        own.wait_for_publish(10)
+    finally:
+        device.loop_stop()
+        device.disconnect()
+
+    pipeline.wait_for_readings(METRICS_PER_MESSAGE)  # the device's own message only
+    stored = pipeline.query(
+        "SELECT DISTINCT d.key FROM telemetry_reading r JOIN devices_device d ON d.id = r.device_id"
+    )
+    assert stored == [(KEYS[0],)]
