@@ -241,11 +241,13 @@ TELEMETRY_MAX_READINGS_PER_MESSAGE = env.int("TELEMETRY_MAX_READINGS_PER_MESSAGE
 TELEMETRY_MAX_CLOCK_AHEAD = timedelta(seconds=env.int("TELEMETRY_MAX_CLOCK_AHEAD", default=300))
 TELEMETRY_MAX_AGE = timedelta(days=env.int("TELEMETRY_MAX_AGE_DAYS", default=7))
 # The MQTT ingest worker (telemetry/ingest.py): a batch goes to Celery when it holds this many
-# messages or is this old, whichever comes first. RECEIVE_MAXIMUM caps the unacknowledged QoS 1
-# messages the broker sends ahead (MQTT v5), i.e. what the worker may hold in memory.
-INGEST_BATCH_SIZE = env.int("INGEST_BATCH_SIZE", default=1000)
-INGEST_FLUSH_SECONDS = env.float("INGEST_FLUSH_SECONDS", default=0.2)
-INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=4000)
+# messages or is this old, whichever comes first (held up to 1 s while batches wait in Celery).
+# RECEIVE_MAXIMUM caps the unacknowledged QoS 1 messages the broker sends ahead (MQTT v5), i.e.
+# what the worker may hold in memory; keep it a few batches, so messages flow during a handover.
+# (docs/performance.md: the figures behind these.)
+INGEST_BATCH_SIZE = env.int("INGEST_BATCH_SIZE", default=5000)
+INGEST_FLUSH_SECONDS = env.float("INGEST_FLUSH_SECONDS", default=0.05)
+INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=20000)
 INGEST_STATS_SECONDS = env.float("INGEST_STATS_SECONDS", default=30.0)
 
 # --- Production hardening ---------------------------------------------------------------------

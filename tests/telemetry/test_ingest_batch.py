@@ -263,3 +263,12 @@ def test_a_poison_entry_the_database_refuses_costs_only_itself(fr1, fr2):
     rejection = RejectedMessage.objects.get()
     assert rejection.device_id == fr2.id
     assert rejection.reason.startswith("could not be stored (")
+
+
+def test_an_earlier_batch_stored_after_a_later_one_still_counts(fr1):
+    sequence(fr1, (3, 3000), (4, 4000))  # the later batch commits first
+    sequence(fr1, (0, 0), (1, 1000), (2, 2000))
+    state = DeviceIngestState.objects.get(device=fr1)
+    assert (state.seq_base, state.seq_high, state.seq_received) == (0, 4, 5)
+    assert state.messages_lost == 0
+    assert not IngestEvent.objects.exists()
