@@ -799,6 +799,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--start-rate", type=float, default=5000, help="first rate of the search")
     parser.add_argument("--only-pipe", action="store_true", help="skip R_mqtt, R_copy, R_naive")
+    parser.add_argument(
+        "--latency-at", type=float, help="only measure latency at this rate (msg/s), no search"
+    )
     args = parser.parse_args()
     window = 6.0 if args.quick else 20.0
     steps = 3 if args.quick else 7
@@ -825,6 +828,10 @@ def main() -> None:
         pipeline = Pipeline(world)
         pipeline.start(args.ingests, args.concurrency)
         prime(world, publishers)
+        if args.latency_at:
+            results["latency"] = measure_latency(world, publishers, args.latency_at, window)
+            print(f"latency at {args.latency_at:,.0f}/s: {results['latency']}")
+            return
         cpu0 = {n: sum(cpu_seconds(p) for p in pids) for n, pids in pipeline.pids().items()}
         rate, run = search(world, publishers, args.start_rate, window, steps)
         results["pipe"] = rate

@@ -9,9 +9,11 @@ At least once, never lost:
   to Celery (pushed to Redis). Our Receive Maximum caps how many unacknowledged messages the broker
   sends ahead, which bounds what the worker holds in memory;
 - a batch goes to Celery when it reaches INGEST_BATCH_SIZE messages or INGEST_FLUSH_SECONDS of
-  age, or, while batches already wait in Celery, when full or HOLD_SECONDS old (bigger batches
-  when the workers are behind, which they store for less per message); if Redis is down the
-  worker keeps the batch, retries with backoff and acknowledges nothing,
+  age, or, while batches already wait in Celery, when full or INGEST_HOLD_SECONDS old: a worker
+  stores a batch of 5,000 for little more than one of 500 (its cost goes with the devices in it),
+  so under load batches grow and the workers catch up, while idle a message waits only
+  INGEST_FLUSH_SECONDS; if Redis is down the worker keeps the batch, retries with backoff and
+  acknowledges nothing,
   and the broker stops sending once Receive Maximum messages are unacknowledged;
 - on SIGTERM it hands over what it holds, acknowledges it and disconnects cleanly.
 
@@ -46,11 +48,6 @@ SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
 HANDOVER_BACKOFF_MAX = 10.0
 # On SIGTERM with Redis down, how long to keep trying before leaving the batch to redelivery.
 STOP_GRACE_SECONDS = 10.0
-# While Celery has batches waiting, a batch due by age is held (up to this long, or until it is
-# full) so that it grows: a worker stores a batch of 5,000 messages for little more than one of
-# 500 (its cost goes with the devices in it, not the readings), so under load batches grow and
-# the workers catch up; idle, a message still waits only INGEST_FLUSH_SECONDS.
-HOLD_SECONDS = 1.0
 
 Send = Callable[[list[Entry]], None]
 Backlog = Callable[[], int]
@@ -121,7 +118,7 @@ class IngestWorker:
         self.stats_seconds = stats_seconds or settings.INGEST_STATS_SECONDS
         self.send = send
         self.backlog = backlog
-        self.hold_seconds = max(HOLD_SECONDS, self.flush_seconds)
+        self.hold_seconds = max(settings.INGEST_HOLD_SECONDS, self.flush_seconds)
         self.busy_until = 0.0  # monotonic time until which Celery is taken to be busy
 
         self.lock = threading.Lock()
