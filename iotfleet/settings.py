@@ -248,8 +248,10 @@ TELEMETRY_MAX_AGE = timedelta(days=env.int("TELEMETRY_MAX_AGE_DAYS", default=7))
 INGEST_BATCH_SIZE = env.int("INGEST_BATCH_SIZE", default=5000)
 INGEST_FLUSH_SECONDS = env.float("INGEST_FLUSH_SECONDS", default=0.05)
 INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=20000)
-# While batches wait in Celery, a due batch is held up to this long (or until full) to grow.
+# While batches wait in Celery, a due batch is held up to this long (or until full) to grow; a
+# batch smaller than INGEST_MIN_BATCH waits that long too (a quiet fleet: ~1 task a second).
 INGEST_HOLD_SECONDS = env.float("INGEST_HOLD_SECONDS", default=1.0)
+INGEST_MIN_BATCH = env.int("INGEST_MIN_BATCH", default=100)
 INGEST_STATS_SECONDS = env.float("INGEST_STATS_SECONDS", default=30.0)
 
 # --- Production hardening ---------------------------------------------------------------------

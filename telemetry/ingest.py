@@ -119,6 +119,7 @@ class IngestWorker:
         self.send = send
         self.backlog = backlog
         self.hold_seconds = max(settings.INGEST_HOLD_SECONDS, self.flush_seconds)
+        self.min_batch = min(settings.INGEST_MIN_BATCH, self.batch_size)
         self.busy_until = 0.0  # monotonic time until which Celery is taken to be busy
 
         self.lock = threading.Lock()
@@ -247,12 +248,15 @@ class IngestWorker:
         with self.lock:
             if not self.pending:
                 return False
-            if len(self.pending) >= self.batch_size:
+            size = len(self.pending)
+            if size >= self.batch_size:
                 return True
             age = time.monotonic() - self.oldest
-        if age < self.flush_seconds:
-            return False
-        return age >= self.hold_seconds or not self.celery_busy()
+        if age >= self.hold_seconds:
+            return True
+        if age < self.flush_seconds or size < self.min_batch:
+            return False  # a trickle gathers for up to hold_seconds: no task per message
+        return not self.celery_busy()
 
     def celery_busy(self) -> bool:
         """Whether batches wait in Celery (asked at most every flush_seconds / 4)."""
@@ -276,8 +280,9 @@ class IngestWorker:
             age = time.monotonic() - self.oldest
         if age < self.flush_seconds:
             return self.flush_seconds - age
-        # Held while Celery is busy: look again shortly.
-        return max(0.0, min(self.busy_until - time.monotonic(), self.hold_seconds - age))
+        # Gathering a small batch, or held while Celery is busy: look again shortly.
+        again = max(self.busy_until - time.monotonic(), self.flush_seconds / 4)
+        return max(0.0, min(again, self.hold_seconds - age))
 
     def log_throughput(self, final: bool = False) -> None:
         counters = self.total if final else self.interval
