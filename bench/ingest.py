@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.servers import start_mosquitto, start_redis  # noqa: E402
+from tests.servers import celery_worker, start_mosquitto, start_redis  # noqa: E402
 
 DATABASE = "iotfleet_bench"
 SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
@@ -575,21 +575,7 @@ class Pipeline:
             self.ingests.append(process)
         worker = self.world.launch(
             "worker",
-            "-m",
-            "celery",
-            "-A",
-            "iotfleet",
-            "worker",
-            "-l",
-            "warning",
-            "-Q",
-            "celery",
-            "--concurrency",
-            str(concurrency),
-            "-n",
-            f"bench-{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip",
-            "--without-mingle",
+            *celery_worker(f"bench-{uuid.uuid4().hex[:6]}", concurrency, level="warning"),
             "--without-heartbeat",
         )
         self.workers.append(worker)

@@ -84,6 +84,16 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
             process.wait(timeout=5)
 
 
+def celery_worker(name: str, concurrency: int = 1, level: str = "info") -> list[str]:
+    """Arguments (after the python executable) of a Celery worker named `name`@host that skips
+    the cluster chatter a test does not need."""
+    return [
+        "-m", "celery", "-A", "iotfleet", "worker", "-l", level,
+        "--concurrency", str(concurrency), "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
 def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -99,30 +109,20 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> sub
 
 
 @dataclass
-class Mosquitto:
-    """A broker of the test's own. `restart()` keeps its port, config and persistence file."""
+class Server:
+    """A server process of the test's own; `restart()` keeps its port, config and data."""
 
     directory: Path
     port: int
-    admin: tuple[str, str] | None = None  # dynamic security admin (username, password)
-    process: subprocess.Popen | None = None
-    config: Path = field(init=False)
+    process: subprocess.Popen | None = field(default=None, init=False)
+    name = "server"
 
-    def __post_init__(self) -> None:
-        self.config = self.directory / "mosquitto.conf"
-
-    @property
-    def url(self) -> str:
-        if self.admin:
-            user, password = (urllib.parse.quote(part, safe="") for part in self.admin)
-            return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
-        return f"mqtt://127.0.0.1:{self.port}"
+    def argv(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        self.process = _spawn(
-            [executable("mosquitto"), "-c", str(self.config)], self.directory / "mosquitto.log"
-        )
-        wait_for_port(self.port, self.process, "mosquitto")
+        self.process = _spawn(self.argv(), self.directory / f"{self.name}.log")
+        wait_for_port(self.port, self.process, self.name)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process:
@@ -133,8 +133,28 @@ class Mosquitto:
         self.start()
 
     def log(self) -> str:
-        path = self.directory / "mosquitto.log"
+        path = self.directory / f"{self.name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+@dataclass
+class Mosquitto(Server):
+    admin: tuple[str, str] | None = None  # dynamic security admin (username, password)
+    name = "mosquitto"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def url(self) -> str:
+        if self.admin:
+            user, password = (urllib.parse.quote(part, safe="") for part in self.admin)
+            return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        return [executable("mosquitto"), "-c", str(self.config)]
 
 
 def start_mosquitto(
@@ -190,29 +210,15 @@ def dynsec_plugin() -> str:
 
 
 @dataclass
-class Redis:
-    directory: Path
-    port: int
-    process: subprocess.Popen | None = None
+class Redis(Server):
+    name = "redis-server"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        self.process = _spawn(
-            [executable("redis-server"), str(self.directory / "redis.conf")],
-            self.directory / "redis.log",
-        )
-        wait_for_port(self.port, self.process, "redis-server")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process:
-            stop(self.process, sig)
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        self.stop(sig)
-        self.start()
+    def argv(self) -> list[str]:
+        return [executable("redis-server"), str(self.directory / "redis.conf")]
 
 
 def start_redis(directory: Path, *, persistent: bool = True) -> Redis:

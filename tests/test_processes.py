@@ -23,7 +23,7 @@ import pytest
 from django.core.management import call_command
 
 from iotfleet.celery import app as celery_app
-from tests.servers import REPO, Launch, database_url, free_port, output_of
+from tests.servers import REPO, Launch, celery_worker, database_url, free_port, output_of
 
 START_TIMEOUT = 60.0
 HTTP = urllib.request.build_opener()
@@ -120,23 +120,7 @@ def test_a_wrong_password_stays_on_the_login_page(web):
 def test_a_celery_worker_answers_a_ping_and_stops_on_sigterm(launch):
     name = f"pytest-{uuid.uuid4().hex[:8]}"
     # Its own queue, so this worker never takes tasks meant for a developer's running worker.
-    worker = launch(
-        "-m",
-        "celery",
-        "-A",
-        "iotfleet",
-        "worker",
-        "-l",
-        "info",
-        "--concurrency",
-        "1",
-        "-n",
-        f"{name}@%h",
-        "-Q",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-    )
+    worker = launch(*celery_worker(name), "-Q", name)
 
     deadline = time.monotonic() + START_TIMEOUT
     replies: list[dict] = []

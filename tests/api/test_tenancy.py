@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from django.urls import resolve
 from rest_framework.viewsets import ViewSetMixin
 
 from devices.api.tenancy import TenantScopedMixin
-from tests.api.clients import client_as, listed
+from tests.api.clients import client_as, listed, routed_views
 from tests.api.tenancy_cases import CASES, WRITABLE_CASES, ApiCase
 
 by_case = pytest.mark.parametrize("case", CASES, ids=str)
@@ -24,20 +24,7 @@ def _request_ids(value: object) -> str:
 
 def api_viewsets() -> set[type]:
     """The viewset classes routed under /api/v1/."""
-    found: set[type] = set()
-
-    def walk(patterns: list, prefix: str) -> None:
-        for pattern in patterns:
-            route = prefix + str(pattern.pattern)
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, route)
-            elif isinstance(pattern, URLPattern) and route.startswith("api/v1/"):
-                view_class = getattr(pattern.callback, "cls", None)
-                if view_class is not None and issubclass(view_class, ViewSetMixin):
-                    found.add(view_class)
-
-    walk(get_resolver().url_patterns, "")
-    return found
+    return {view for view in routed_views() if issubclass(view, ViewSetMixin)}
 
 
 def test_every_api_viewset_has_a_tenancy_case():

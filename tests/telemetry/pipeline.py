@@ -30,6 +30,7 @@ from tests.servers import (
     Mosquitto,
     Postgres,
     Redis,
+    celery_worker,
     output_of,
     start_postgres,
 )
@@ -125,20 +126,7 @@ class Pipeline:
 
     def start_worker(self) -> subprocess.Popen:
         worker = self.launch(
-            "-m",
-            "celery",
-            "-A",
-            "iotfleet",
-            "worker",
-            "-l",
-            "info",
-            "--concurrency",
-            "2",
-            "-n",
-            f"pytest-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            **self.env(),
+            *celery_worker(f"pytest-{uuid.uuid4().hex[:8]}", concurrency=2), **self.env()
         )
         self.workers.append(worker)
         self.wait_for_log(worker, "ready.")

@@ -8,15 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 from django.utils import timezone
 
 from devices.api.tenancy import TenantScopedMixin
-from devices.models import Metric
 from telemetry import queries
 from telemetry.api.authentication import DeviceCredentialAuthentication
 from telemetry.models import LatestReading
-from tests.api.clients import client_as
+from tests.api.clients import client_as, routed_views
 from tests.factories import make_device
 from tests.telemetry.test_queries import T0, at, store
 
@@ -31,16 +30,6 @@ def get_readings(user, device, params=None):
 
 def window(seconds: float = 180) -> dict:
     return {"start": T0.isoformat(), "end": at(seconds).isoformat()}
-
-
-@pytest.fixture
-def temperature(acme_device) -> Metric:
-    return acme_device.device_type.metrics.get(name="temperature")
-
-
-@pytest.fixture
-def humidity(acme_device) -> Metric:
-    return Metric.objects.create(device_type=acme_device.device_type, name="humidity", unit="%")
 
 
 @pytest.fixture
@@ -308,19 +297,7 @@ def test_a_group_never_lists_another_tenants_device(alice, acme_group, globex_de
 
 def test_every_telemetry_api_view_is_tenant_scoped():
     """These views are not viewsets, so tests/api/test_tenancy.py does not walk them: this does."""
-    found = []
-
-    def walk(patterns: list, prefix: str) -> None:
-        for pattern in patterns:
-            route = prefix + str(pattern.pattern)
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, route)
-            elif isinstance(pattern, URLPattern) and route.startswith("api/v1/"):
-                view_class = getattr(pattern.callback, "view_class", None)
-                if view_class is not None and view_class.__module__.startswith("telemetry."):
-                    found.append(view_class)
-
-    walk(get_resolver().url_patterns, "")
+    found = [view for view in routed_views() if view.__module__.startswith("telemetry.")]
     # The ingest endpoint answers to a device's own credential only, never to a user's login:
     # it can only write that device's readings.
     by_devices = [v for v in found if v.authentication_classes == [DeviceCredentialAuthentication]]

@@ -32,16 +32,6 @@ def store(device: Device, metric: Metric, *readings: tuple[datetime, float]) -> 
 
 
 @pytest.fixture
-def temperature(acme_device) -> Metric:
-    return acme_device.device_type.metrics.get(name="temperature")
-
-
-@pytest.fixture
-def humidity(acme_device) -> Metric:
-    return Metric.objects.create(device_type=acme_device.device_type, name="humidity", unit="%")
-
-
-@pytest.fixture
 def three_minutes(acme_device, temperature, humidity):
     """Temperature over 12:00 to 12:03, stored out of time order; humidity twice."""
     store(
