@@ -187,42 +187,41 @@ def telemetry_ingest(device: Device) -> SafeString:
     )
 
 
+def _recent_table(headers: tuple[str, ...], row: str, values: list[tuple]) -> SafeString:
+    """A small table of the device's latest rows, or a muted "None."."""
+    if not values:
+        return format_html('<span style="{}">None.</span>', MUTED)
+    head = format_html_join("", "<th>{}</th>", ((header,) for header in headers))
+    return format_html(TABLE, format_html("<tr>{}</tr>{}", head, format_html_join("", row, values)))
+
+
 @admin.display(description="Recent rejections")
 def telemetry_rejections(device: Device) -> SafeString:
     """The device's latest rejected messages: when, why, and the start of what was sent."""
-    rejections = list(RejectedMessage.objects.filter(device=device)[:RECENT])
-    if not rejections:
-        return format_html('<span style="{}">None.</span>', MUTED)
-    rows = format_html_join(
-        "",
+    return _recent_table(
+        ("At", "Reason", "Payload"),
         '<tr><td style="white-space:nowrap">{}</td><td>{}</td><td><code>{}</code></td></tr>',
-        (
+        [
             (
                 _when(rejection.received_at),
                 rejection.reason,
                 Truncator(rejection.payload_excerpt).chars(120),
             )
-            for rejection in rejections
-        ),
-    )
-    return format_html(
-        TABLE, format_html("<tr><th>At</th><th>Reason</th><th>Payload</th></tr>{}", rows)
+            for rejection in RejectedMessage.objects.filter(device=device)[:RECENT]
+        ],
     )
 
 
 @admin.display(description="Ingest events")
 def telemetry_events(device: Device) -> SafeString:
     """The device's latest sequence gaps (messages lost) and resets (reboots)."""
-    events = list(IngestEvent.objects.filter(device=device)[:RECENT])
-    if not events:
-        return format_html('<span style="{}">None.</span>', MUTED)
-    rows = format_html_join(
-        "",
+    return _recent_table(
+        ("At", "Event", "Detail"),
         '<tr><td style="white-space:nowrap">{}</td><td>{}</td><td>{}</td></tr>',
-        ((_when(event.time), event.get_kind_display(), event.detail) for event in events),
-    )
-    return format_html(
-        TABLE, format_html("<tr><th>At</th><th>Event</th><th>Detail</th></tr>{}", rows)
+        [
+            (_when(event.time), event.get_kind_display(), event.detail)
+            for event in IngestEvent.objects.filter(device=device)[:RECENT]
+        ],
     )
 
 

@@ -7,6 +7,7 @@ server here runs from a config generated in the test's tmp_path and is stopped w
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import shutil
@@ -109,7 +110,7 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> sub
 
 
 @dataclass
-class Server:
+class Server(abc.ABC):
     """A server process of the test's own; `restart()` keeps its port, config and data."""
 
     directory: Path
@@ -117,8 +118,9 @@ class Server:
     process: subprocess.Popen | None = field(default=None, init=False)
     name = "server"
 
+    @abc.abstractmethod
     def argv(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts it."""
 
     def start(self) -> None:
         self.process = _spawn(self.argv(), self.directory / f"{self.name}.log")
