@@ -15,9 +15,11 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.request import Request
 from rest_framework.routers import DefaultRouter
 
+from alerts.api.urls import router as alerts_router
 from devices.api.urls import router as devices_router
+from rules.api.urls import router as rules_router
 
-APP_ROUTERS = [devices_router]
+APP_ROUTERS = [devices_router, rules_router, alerts_router]
 
 
 class ApiRouter(DefaultRouter):

@@ -254,6 +254,17 @@ INGEST_HOLD_SECONDS = env.float("INGEST_HOLD_SECONDS", default=1.0)
 INGEST_MIN_BATCH = env.int("INGEST_MIN_BATCH", default=100)
 INGEST_STATS_SECONDS = env.float("INGEST_STATS_SECONDS", default=30.0)
 
+# --- Rules and alerts -------------------------------------------------------------------------
+# An alert that comes back within this long after resolving reopens (flapping) instead of
+# opening anew; past ALERT_FLAP_QUIET reopenings it stops notifying until it stays resolved.
+ALERT_FLAP_WINDOW = timedelta(seconds=env.int("ALERT_FLAP_WINDOW_SECONDS", default=600))
+ALERT_FLAP_QUIET = env.int("ALERT_FLAP_QUIET", default=3)
+# Back-testing a rule reads at most this many days of history.
+RULES_BACKTEST_MAX_DAYS = env.int("RULES_BACKTEST_MAX_DAYS", default=30)
+# Webhook deliveries: per-request timeout, and attempts before a delivery counts as failed.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+
 # --- Production hardening ---------------------------------------------------------------------
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -25,8 +25,10 @@ from datetime import UTC, datetime
 
 from django.db import connection, transaction
 
+from alerts import services as alerts
 from devices.models import Device, DeviceStatus, DeviceType, Metric, OutOfRange
 from devices.services import update_reported
+from rules import engine as rules_engine
 from telemetry.models import IngestEvent, IngestEventKind, RejectedMessage
 from telemetry.validation import REJECTED, REPORTED, STATUS, TELEMETRY, Entry
 
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 LAST_SEEN_RESOLUTION_MS = 1000
 
 LOAD_DEVICES = f"""
-SELECT d.id, d.key, d.tenant_id, d.is_enabled, d.device_type_id, t.name, t.out_of_range
+SELECT d.id, d.key, d.tenant_id, d.is_enabled, d.device_type_id, t.name, t.out_of_range,
+    d.status
 FROM {Device._meta.db_table} d JOIN {DeviceType._meta.db_table} t ON t.id = d.device_type_id
 WHERE d.key = ANY(%s)
 """  # noqa: S608 (table names from the models)
@@ -54,7 +57,7 @@ INSERT INTO telemetry_reading (time, device_id, metric_id, value, flagged)
 SELECT timestamptz 'epoch' + ts_ms * interval '1 millisecond', device_id, metric_id, value, flagged
 FROM {STAGE} ORDER BY device_id, metric_id, ts_ms
 ON CONFLICT DO NOTHING
-RETURNING device_id, (extract(epoch FROM time) * 1000)::bigint
+RETURNING device_id, metric_id, (extract(epoch FROM time) * 1000)::bigint, value
 """  # noqa: S608 (constant names)
 UPSERT_LATEST = f"""
 INSERT INTO telemetry_latestreading (device_id, metric_id, time, value, flagged)
@@ -95,6 +98,7 @@ class DeviceInfo:
     type_id: int
     type_name: str
     flag_out_of_range: bool
+    status: str
 
 
 @dataclass
@@ -122,8 +126,10 @@ def _load_devices(keys: set[str]) -> tuple[dict[str, DeviceInfo], dict[tuple[int
             [list(keys)],
         )
         devices = {
-            key: DeviceInfo(pk, tenant_id, enabled, type_id, type_name, policy == OutOfRange.FLAG)
-            for pk, key, tenant_id, enabled, type_id, type_name, policy in cursor.fetchall()
+            key: DeviceInfo(
+                pk, tenant, enabled, type_id, type_name, policy == OutOfRange.FLAG, status
+            )
+            for pk, key, tenant, enabled, type_id, type_name, policy, status in cursor.fetchall()
         }
     type_ids = {info.type_id for info in devices.values()}
     metrics = {
@@ -145,6 +151,11 @@ class BatchWriter:
         self.reported: list[tuple[int, dict]] = []
         # (device id, ts_ms) of readings that were sent, with their seq, pending "is it new?"
         self.sequenced: list[tuple[int, int, int, bool]] = []
+        self.devices: dict[int, DeviceInfo] = {}
+        # (device_id, metric_id, ts_ms, value) of the readings this batch really stored.
+        self.stored: list[tuple[int, int, int, float]] = []
+        self.went_offline: list[int] = []
+        self.came_online: list[int] = []
 
     # --- step 1: device-level checks ------------------------------------------------------
     def reject(
@@ -195,6 +206,7 @@ class BatchWriter:
                 body = json.dumps(entry[3], separators=(",", ":"))
                 self.reject(device, key, received_ms, topic, reason, body[:300])
                 continue
+            self.devices[device.id] = device
             activity = self.activity[device.id]
             if kind == STATUS:
                 activity.status = entry[3]
@@ -250,11 +262,11 @@ class BatchWriter:
             for row in self.rows:
                 copy.write_row(row)
         cursor.execute(INSERT_READINGS)
-        inserted = cursor.fetchall()
-        self.result.readings_stored = len(inserted)
-        self.result.readings_duplicate = len(self.rows) - len(inserted)
+        self.stored = cursor.fetchall()
+        self.result.readings_stored = len(self.stored)
+        self.result.readings_duplicate = len(self.rows) - len(self.stored)
         cursor.execute(UPSERT_LATEST)
-        return {(device_id, ts_ms) for device_id, ts_ms in inserted}
+        return {(device_id, ts_ms) for device_id, _, ts_ms, _ in self.stored}
 
     # --- step 4: per-device state -----------------------------------------------------------
     def account_sequences(self, new: set[tuple[int, int]]) -> None:
@@ -351,6 +363,7 @@ class BatchWriter:
                 OR v.last_seen >= d.last_seen + %s * interval '1 millisecond'
                 OR (v.status <> d.status AND d.status <> %s)
             )
+            RETURNING d.id, d.status
             """,
             [
                 DeviceStatus.MAINTENANCE,
@@ -362,6 +375,12 @@ class BatchWriter:
             ],
         )
         self.result.devices_updated = cursor.rowcount
+        for device_id, status in cursor.fetchall():
+            before = self.devices[device_id].status
+            if status == DeviceStatus.OFFLINE and before != DeviceStatus.OFFLINE:
+                self.went_offline.append(device_id)
+            elif status == DeviceStatus.ONLINE and before == DeviceStatus.OFFLINE:
+                self.came_online.append(device_id)
 
     def apply_reported(self) -> None:
         if not self.reported:
@@ -370,6 +389,26 @@ class BatchWriter:
         for device_id, patch in self.reported:
             if device_id in devices:
                 update_reported(devices[device_id], patch)
+
+    def follow_up(self) -> None:
+        """Alerts on what the batch stored: status changes (a last will opens an offline alert
+        at once) and the rules. Each runs in a savepoint: a failure there is logged, and the
+        readings are stored all the same, never lost to it."""
+        now = datetime.now(UTC)
+        steps = []
+        if self.went_offline:
+            steps.append(("offline alerts", alerts.devices_went_offline, (self.went_offline, now)))
+        if self.came_online:
+            steps.append(("online again", alerts.devices_came_online, (self.came_online, now)))
+        if self.stored:
+            devices = {info.id: (info.tenant_id, info.type_id) for info in self.devices.values()}
+            steps.append(("rules", rules_engine.evaluate_batch, (self.stored, devices)))
+        for what, step, arguments in steps:
+            try:
+                with transaction.atomic():
+                    step(*arguments)
+            except Exception:
+                log.exception("%s failed for a batch; its readings are stored regardless", what)
 
     def write(self) -> IngestResult:
         keys = {entry[1] for entry in self.entries if entry[1]}
@@ -386,6 +425,7 @@ class BatchWriter:
             self.apply_reported()
             RejectedMessage.objects.bulk_create(self.rejections)
             IngestEvent.objects.bulk_create(self.result.events)
+            self.follow_up()
         self.result.rejected = len(self.rejections)
         return self.result
 

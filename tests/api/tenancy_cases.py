@@ -146,4 +146,9 @@ CASES: list[ApiCase] = [
     ),
 ]
 
+# Later apps keep their cases in modules of their own, which import ApiCase from here.
+from tests.api import cases_alerts, cases_channels, cases_rules  # noqa: E402
+
+CASES += [*cases_rules.CASES, *cases_alerts.CASES, *cases_channels.CASES]
+
 WRITABLE_CASES = [case for case in CASES if case.writable]
