@@ -192,6 +192,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Alerts and notification channels both have a `kind`: name their enums apart.
+    "ENUM_NAME_OVERRIDES": {
+        "AlertKindEnum": "alerts.models.AlertKind",
+        "ChannelKindEnum": "alerts.models.ChannelKind",
+    },
 }
 
 # --- Internationalisation, static files -------------------------------------------------------

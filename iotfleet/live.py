@@ -1,0 +1,62 @@
+"""Live updates: what changed, pushed to the Channels group of the tenant it belongs to.
+
+Every member's websocket joins `tenant_group(tenant_id)` of each tenant they belong to (consumers
+check membership; this module only sends). A message on the group is
+
+    {"type": "fleet.event", "event": "<what happened>", "payload": {...}}
+
+so a consumer handles them all in one `fleet_event` method and forwards event and payload.
+
+Pushes happen after the transaction commits: a dashboard never shows a change that rolled back.
+A push that fails (Redis away) is logged and dropped; the database stays the truth and the
+next page load shows it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TYPE = "fleet.event"
+
+
+def tenant_group(tenant_id: int) -> str:
+    """The Channels group of one tenant's live dashboards."""
+    return f"tenant.{tenant_id}"
+
+
+def push_to_tenant(tenant_id: int, event: str, payload: dict[str, Any]) -> None:
+    """Send `event` with `payload` to the tenant's group once the current transaction commits
+    (at once outside a transaction). `payload` must be JSON-like (no datetimes: ISO strings)."""
+    push_many([(tenant_id, event, payload)])
+
+
+def push_many(events: Iterable[tuple[int, str, dict[str, Any]]]) -> None:
+    """Several pushes, sent in order after one commit (one callback, one event loop hop)."""
+    events = list(events)
+    if events:
+        transaction.on_commit(lambda: _send(events), robust=True)
+
+
+def _send(events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    async_to_sync(_send_all)(layer, events)
+
+
+async def _send_all(layer: Any, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    for tenant_id, event, payload in events:
+        try:
+            await layer.group_send(
+                tenant_group(tenant_id), {"type": MESSAGE_TYPE, "event": event, "payload": payload}
+            )
+        except Exception:
+            log.exception("live push of %s to tenant %s failed", event, tenant_id)
