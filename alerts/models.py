@@ -72,7 +72,7 @@ class Alert(models.Model):
     resolve_note = models.TextField(blank=True)
     # Notification bookkeeping (alerts/notifications.py).
     escalation_level = models.PositiveSmallIntegerField(
-        default=0, help_text="Index of the last rule channel notified."
+        default=0, help_text="The rule's escalation step notified last (0: the first)."
     )
     notified_at = models.DateTimeField(null=True, blank=True)
     reminded_at = models.DateTimeField(null=True, blank=True)
@@ -213,13 +213,18 @@ class RuleChannelQuerySet(TenantQuerySet):
 
 
 class RuleChannel(models.Model):
-    """A rule's notification channels in escalation order (position 0 is notified first)."""
+    """A rule's notification channels in escalation steps: the channels at the lowest position
+    are notified together when the alert opens, those at the next position when it stays
+    unacknowledged past the rule's escalate_after, and so on."""
 
     rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="rule_channels")
     channel = models.ForeignKey(
         NotificationChannel, on_delete=models.CASCADE, related_name="rule_channels"
     )
-    position = models.PositiveSmallIntegerField(default=0)
+    position = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Escalation step: channels with the same number are notified together.",
+    )
 
     objects = RuleChannelQuerySet.as_manager()
 
