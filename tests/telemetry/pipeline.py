@@ -124,9 +124,9 @@ class Pipeline:
         self.wait_for_log(self.ingest, "connected to")
         return self.ingest
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, **extra: str) -> subprocess.Popen:
         worker = self.launch(
-            *celery_worker(f"pytest-{uuid.uuid4().hex[:8]}", concurrency=2), **self.env()
+            *celery_worker(f"pytest-{uuid.uuid4().hex[:8]}", concurrency=2), **self.env(**extra)
         )
         self.workers.append(worker)
         self.wait_for_log(worker, "ready.")

@@ -29,6 +29,7 @@ from django.db import transaction
 
 from devices.models import Device, DeviceGroup, DeviceType, Metric, Role, Tenant
 from devices.services import DeviceSpec, add_member, create_devices
+from rules.demo import seed_demo_rules
 
 DEMO_USERNAME = "demo"
 DEFAULT_DEMO_PASSWORD = "iotfleet-demo"  # noqa: S105 (published on purpose: it is the demo)
@@ -298,6 +299,13 @@ class Command(BaseCommand):
             create_devices(tenants[tenant_slug], tenant_specs)
 
         created["demo user"] += self.demo_user(tenants["acme"], password)
+        # Alert rules on Acme's freezers, one narrowed to its first site, and an email channel.
+        acme = TENANTS[0]
+        created["rules"] += seed_demo_rules(
+            tenants[acme.slug],
+            types[acme.slug, FREEZER.slug],
+            groups[acme.slug, acme.sites[0].name],
+        )
         return created
 
     def device_type(self, tenant: Tenant, spec: TypeSpec, created: Counter[str]) -> DeviceType:
@@ -343,6 +351,7 @@ class Command(BaseCommand):
             f"{created['devices']} devices; {created['devices already there']} devices "
             f"were already there and were left as they are ({seconds:.1f} s)."
         )
+        out.write(f"Created {created['rules']} alert rules on Acme's freezers.")
         for spec in TENANTS:
             count = created[f"devices of {spec.name}"]
             if count:
