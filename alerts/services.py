@@ -104,13 +104,15 @@ def record_breaches(breaches: Sequence[Breach]) -> None:
     with transaction.atomic():
         reopened = _reopen_flapping(AlertKind.RULE, keys, None)
         rows = _upsert_rule_alerts([merged[key] for key in keys], rules, devices, now)
-        new = [alert_id for alert_id, inserted in rows if inserted]
+        new = [row[0] for row in rows if row[1]]
         AlertEvent.objects.bulk_create(
             [AlertEvent(alert_id=alert_id, kind=AlertEventKind.OPENED, at=now) for alert_id in new]
             + _reopened_events(reopened, now)
         )
         _notify(new + _still_notifying(reopened), OPENED)
-        _push_alerts([alert_id for alert_id, _ in rows])
+        # New and reopened alerts go out whole; an alert that was already open only counted on.
+        _push_alerts(new + list(reopened))
+        _push_counts([row for row in rows if not row[1] and row[0] not in reopened])
 
 
 def record_clears(clears: Sequence[tuple[int, int, datetime]]) -> None:
@@ -512,7 +514,8 @@ def _upsert_rule_alerts(
     devices: dict[int, tuple[int, str]],
     now: datetime,
 ) -> list[tuple[int, bool]]:
-    """(alert id, newly opened) per breach, in one statement."""
+    """(alert id, newly opened, tenant id, count, last triggered, state) per breach, in one
+    statement."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -535,7 +538,7 @@ def _upsert_rule_alerts(
                     THEN EXCLUDED."values" ELSE alerts_alert."values" END,
                 cleared_at = NULL,
                 updated_at = EXCLUDED.updated_at
-            RETURNING id, (xmax = 0)
+            RETURNING id, (xmax = 0), tenant_id, count, last_triggered_at, state
             """,
             [
                 AlertKind.RULE,
@@ -554,7 +557,7 @@ def _upsert_rule_alerts(
                 COUNT_MAX,
             ],
         )
-        return [(alert_id, bool(inserted)) for alert_id, inserted in cursor.fetchall()]
+        return [(row[0], bool(row[1]), *row[2:]) for row in cursor.fetchall()]
 
 
 def _reopen_flapping(kind: str, keys: list[tuple[int, ...]], at: datetime | None) -> dict[int, int]:
@@ -689,6 +692,27 @@ def _push_alerts(alert_ids: Iterable[int]) -> None:
         by_tenant[alert.tenant_id].append(alert_payload(alert))
     live.push_many(
         (tenant_id, "alerts.changed", {"alerts": payloads[start : start + PUSH_CHUNK]})
+        for tenant_id, payloads in by_tenant.items()
+        for start in range(0, len(payloads), PUSH_CHUNK)
+    )
+
+
+def _push_counts(rows: list[tuple]) -> None:
+    """An `alerts.counted` live event per tenant for alerts that only counted more breaking
+    readings: id, count, last triggered and state from the upsert itself, no query (a storm
+    of repeats every batch stays cheap)."""
+    by_tenant: dict[int, list[dict]] = defaultdict(list)
+    for alert_id, _, tenant_id, count, last_triggered_at, state in rows:
+        by_tenant[tenant_id].append(
+            {
+                "id": alert_id,
+                "count": count,
+                "last_triggered_at": last_triggered_at.isoformat(),
+                "state": state,
+            }
+        )
+    live.push_many(
+        (tenant_id, "alerts.counted", {"alerts": payloads[start : start + PUSH_CHUNK]})
         for tenant_id, payloads in by_tenant.items()
         for start in range(0, len(payloads), PUSH_CHUNK)
     )

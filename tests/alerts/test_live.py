@@ -206,3 +206,24 @@ def test_push_to_tenant_outside_a_transaction_sends_at_once(listeners, transacti
     channel = listeners(4242)
     push_to_tenant(4242, "ping", {"n": 1})
     assert channel.receive() == {"type": "fleet.event", "event": "ping", "payload": {"n": 1}}
+
+
+def test_an_open_alert_counting_on_pushes_only_its_count(
+    listeners, acme, too_hot, acme_device, django_capture_on_commit_callbacks
+):
+    channel = listeners(acme.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        record_breaches([breach(too_hot, acme_device, 3)])
+    assert channel.receive()["event"] == "alerts.changed"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        record_breaches([breach(too_hot, acme_device, 4)])
+
+    message = channel.receive()
+    assert message["event"] == "alerts.counted"
+    [payload] = message["payload"]["alerts"]
+    assert (payload["id"], payload["count"], payload["state"]) == (
+        Alert.objects.get().pk,
+        7,
+        "open",
+    )
