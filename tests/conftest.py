@@ -89,5 +89,7 @@ def globex_group(globex):
     return make_group(globex, "Plant A")
 
 
-# Private Mosquitto and Redis servers and a process launcher, for tests of the real processes.
+# Private Mosquitto and Redis servers and a process launcher, for tests of the real processes;
+# Chromium for the dashboards' tests.
+from tests.browser import browser_context, chromium  # noqa: E402, F401
 from tests.servers import launch, mosquitto, redis_server, secured_mosquitto  # noqa: E402, F401
