@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "rules",
     "alerts",
     "ota",
+    "dashboards",
 ]
 
 MIDDLEWARE = [
@@ -89,6 +90,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboards.context_processors.navigation",
             ],
         },
     },
@@ -149,6 +151,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+
+# --- Live dashboards --------------------------------------------------------------------------
+# A dashboard's websocket sends at most one frame per this many seconds; what arrives meanwhile
+# is merged into the next frame (dashboards/consumers.py, docs/dashboards.md).
+LIVE_FRAME_SECONDS = env.float("LIVE_FRAME_SECONDS", default=0.25)
 
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from dashboards import views
+
+app_name = "dashboards"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("overview/status/", views.overview_status, name="overview-status"),
+]
