@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from devices.models import Device, Tenant, TenantQuerySet
+from devices.models import Device, Metric, Tenant, TenantQuerySet
 from rules.models import Rule, Severity
 
 
@@ -27,6 +27,7 @@ class AlertState(models.TextChoices):
 class AlertKind(models.TextChoices):
     RULE = "rule", "Rule"
     OFFLINE = "offline", "Device offline"
+    MAINTENANCE = "maintenance", "Maintenance due"
 
 
 class AlertQuerySet(TenantQuerySet):
@@ -36,11 +37,19 @@ class AlertQuerySet(TenantQuerySet):
 
 class Alert(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alerts")
-    kind = models.CharField(max_length=8, choices=AlertKind.choices, default=AlertKind.RULE)
+    kind = models.CharField(max_length=16, choices=AlertKind.choices, default=AlertKind.RULE)
     rule = models.ForeignKey(
         Rule, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts"
     )
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="alerts")
+    metric = models.ForeignKey(
+        Metric,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Maintenance alerts: the wear indicator predicted to reach its threshold.",
+    )
     severity = models.CharField(max_length=8, choices=Severity.choices, default=Severity.WARNING)
     state = models.CharField(
         max_length=12, choices=AlertState.choices, default=AlertState.OPEN, db_index=True
@@ -95,6 +104,11 @@ class Alert(models.Model):
                 fields=["device"],
                 condition=Q(kind=AlertKind.OFFLINE) & ~Q(state=AlertState.RESOLVED),
                 name="alert_one_unresolved_offline_per_device",
+            ),
+            models.UniqueConstraint(
+                fields=["device", "metric"],
+                condition=Q(kind=AlertKind.MAINTENANCE) & ~Q(state=AlertState.RESOLVED),
+                name="alert_one_unresolved_maintenance_per_device_metric",
             ),
         ]
         indexes = [
@@ -179,6 +193,11 @@ class NotificationChannel(models.Model):
         default=False,
         help_text="Also notified when a device of the tenant goes offline (offline alerts "
         "belong to no rule).",
+    )
+    for_maintenance = models.BooleanField(
+        default=False,
+        help_text="Also notified when predictive maintenance expects a device of the tenant to "
+        "reach a failure threshold soon.",
     )
     is_enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -50,7 +50,7 @@ from iotfleet.live import push_to_tenant
 
 log = logging.getLogger(__name__)
 
-REASONS = {"opened", "offline", "resolved", "escalated", "reminder"}
+REASONS = {"opened", "offline", "maintenance", "resolved", "escalated", "reminder"}
 BACKOFF_SECONDS = float(os.environ.get("IOTFLEET_NOTIFY_BACKOFF_SECONDS", "2"))
 BACKOFF_MAX_SECONDS = 600.0
 THROTTLE_WINDOW = timedelta(hours=1)
@@ -64,7 +64,7 @@ NOT_ON_RESOLVE = {ChannelKind.MQTT_COMMAND}
 def queue_notifications(alert_id: int, reason: str) -> list[int]:
     """Record and queue the deliveries `reason` calls for; returns the new Notification ids
     (throttled ones included). See the module docstring for who gets what."""
-    if reason not in {"opened", "offline", "resolved"}:
+    if reason not in {"opened", "offline", "maintenance", "resolved"}:
         raise ValueError(f"queue_notifications: unknown reason {reason!r}")
     now = timezone.now()
     with transaction.atomic():
@@ -88,6 +88,13 @@ def queue_notifications(alert_id: int, reason: str) -> list[int]:
             channels = list(
                 NotificationChannel.objects.filter(
                     tenant_id=alert.tenant_id, for_offline=True, is_enabled=True
+                ).order_by("pk")
+            )
+        elif reason == "maintenance":
+            Alert.objects.filter(pk=alert.pk).update(notified_at=now, reminded_at=None)
+            channels = list(
+                NotificationChannel.objects.filter(
+                    tenant_id=alert.tenant_id, for_maintenance=True, is_enabled=True
                 ).order_by("pk")
             )
         else:

@@ -40,7 +40,7 @@ from rules.models import Rule, RuleKind, Severity
 log = logging.getLogger(__name__)
 
 # Notification reasons (alerts.notifications.queue_notifications).
-OPENED, OFFLINE, RESOLVED = "opened", "offline", "resolved"
+OPENED, OFFLINE, RESOLVED, MAINTENANCE = "opened", "offline", "resolved", "maintenance"
 # A live message carries at most this many alerts; a bigger change goes out in several.
 PUSH_CHUNK = 200
 TITLE_MAX = Alert._meta.get_field("title").max_length
@@ -59,6 +59,21 @@ class Breach:
     last_at: datetime
     count: int
     values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MaintenanceRisk:
+    """Predictive maintenance expects `metric_id` of `device_id` to reach its failure threshold
+    soon (or it already has). `values` is the evidence the alert shows (predicted date,
+    confidence, health, level, threshold)."""
+
+    device_id: int
+    metric_id: int
+    tenant_id: int
+    title: str
+    severity: str
+    at: datetime
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 class AlertStateError(Exception):
@@ -327,6 +342,120 @@ def devices_came_online(device_ids: Sequence[int], at: datetime) -> None:
         _push_device_status(ids)
 
 
+# --- Maintenance alerts ------------------------------------------------------------------------
+
+
+def record_maintenance_risks(risks: Sequence[MaintenanceRisk]) -> list[int]:
+    """Open a maintenance alert per (device, wear metric) at risk with none unresolved, or bring
+    the unresolved one up to date (title, severity, evidence; count += 1 per scoring run that
+    confirms it). One that resolved by itself within ALERT_FLAP_WINDOW reopens instead.
+    Notifies the tenant's channels marked `for_maintenance` when an alert opens. Returns the ids
+    of the alerts opened (new or reopened)."""
+    by_key = {(risk.device_id, risk.metric_id): risk for risk in risks}
+    if not by_key:
+        return []
+    keys = sorted(by_key)
+    now = timezone.now()
+    with transaction.atomic():
+        reopened = _reopen_flapping(AlertKind.MAINTENANCE, keys, None)
+        chosen = [by_key[key] for key in keys]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                INSERT INTO alerts_alert (tenant_id, kind, rule_id, device_id, metric_id,
+                    severity, state, title, "values", count, first_triggered_at,
+                    last_triggered_at, acknowledge_note, resolve_note, escalation_level, reopened,
+                    created_at, updated_at)
+                SELECT v.tenant_id, %s, NULL, v.device_id, v.metric_id, v.severity, %s, v.title,
+                    v.vals, 1, v.at, v.at, '', '', 0, 0, %s, %s
+                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[],
+                        %s::jsonb[], %s::timestamptz[])
+                    AS v(device_id, metric_id, tenant_id, severity, title, vals, at)
+                ORDER BY v.device_id, v.metric_id
+                ON CONFLICT (device_id, metric_id)
+                    WHERE kind = 'maintenance' AND NOT state = 'resolved'
+                DO UPDATE SET
+                    count = LEAST(alerts_alert.count::bigint + 1, %s),
+                    last_triggered_at = GREATEST(
+                        alerts_alert.last_triggered_at, EXCLUDED.last_triggered_at),
+                    "values" = EXCLUDED."values",
+                    title = EXCLUDED.title,
+                    severity = EXCLUDED.severity,
+                    cleared_at = NULL,
+                    updated_at = EXCLUDED.updated_at
+                RETURNING id, (xmax = 0), tenant_id, count, last_triggered_at, state
+                """,
+                [
+                    AlertKind.MAINTENANCE,
+                    AlertState.OPEN,
+                    now,
+                    now,
+                    [risk.device_id for risk in chosen],
+                    [risk.metric_id for risk in chosen],
+                    [risk.tenant_id for risk in chosen],
+                    [risk.severity for risk in chosen],
+                    [_truncate(risk.title) for risk in chosen],
+                    [json.dumps(risk.values) for risk in chosen],
+                    [risk.at for risk in chosen],
+                    COUNT_MAX,
+                ],
+            )
+            rows = [(row[0], bool(row[1]), *row[2:]) for row in cursor.fetchall()]
+        new = [row[0] for row in rows if row[1]]
+        AlertEvent.objects.bulk_create(
+            [
+                AlertEvent(
+                    alert_id=alert_id,
+                    kind=AlertEventKind.OPENED,
+                    at=now,
+                    note="Predictive maintenance expects the wear indicator to reach its "
+                    "failure threshold soon.",
+                )
+                for alert_id in new
+            ]
+            + _reopened_events(reopened, now)
+        )
+        _notify(new + _still_notifying(reopened), MAINTENANCE)
+        # Opened and reopened alerts go out whole; the others were only brought up to date.
+        _push_alerts(new + list(reopened))
+        _push_counts([row for row in rows if not row[1] and row[0] not in reopened])
+    return new + list(reopened)
+
+
+def resolve_maintenance_alerts(pairs: Iterable[tuple[int, int]], note: str) -> int:
+    """Resolve the unresolved maintenance alerts of these (device, metric) pairs: the
+    prediction behind them went away (the trend turned, or the part was replaced). Returns how
+    many resolved."""
+    keys = sorted(set(pairs))
+    if not keys:
+        return 0
+    now = timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE alerts_alert a SET state = %s, resolved_at = %s, resolved_by_id = NULL,
+                cleared_at = COALESCE(a.cleared_at, %s), updated_at = %s
+            FROM unnest(%s::bigint[], %s::bigint[]) AS v(device_id, metric_id)
+            WHERE a.kind = %s AND a.state <> %s
+                AND a.device_id = v.device_id AND a.metric_id = v.metric_id
+            RETURNING a.id, a.reopened, NULL, a.device_id
+            """,
+            [
+                AlertState.RESOLVED,
+                now,
+                now,
+                now,
+                [device_id for device_id, _ in keys],
+                [metric_id for _, metric_id in keys],
+                AlertKind.MAINTENANCE,
+                AlertState.RESOLVED,
+            ],
+        )
+        rows = cursor.fetchall()
+        _resolved_by_themselves(rows, note)
+    return len(rows)
+
+
 # --- People acting on alerts --------------------------------------------------------------------
 
 
@@ -571,7 +700,10 @@ def _reopen_flapping(kind: str, keys: list[tuple[int, ...]], at: datetime | None
     meanwhile (the unique constraint refuses the reopening), the breach updates that one."""
     if not keys:
         return {}
-    columns = ("rule_id", "device_id") if kind == AlertKind.RULE else ("device_id",)
+    columns = {
+        AlertKind.RULE: ("rule_id", "device_id"),
+        AlertKind.MAINTENANCE: ("device_id", "metric_id"),
+    }.get(kind, ("device_id",))
     unnest = ", ".join("%s::bigint[]" for _ in columns)
     join = " AND ".join(f"a.{column} = k.{column}" for column in columns)
     partition = ", ".join(f"a.{column}" for column in columns)
@@ -592,7 +724,8 @@ def _reopen_flapping(kind: str, keys: list[tuple[int, ...]], at: datetime | None
         WHERE a.id = l.id AND a.state = %s AND l.resolved_by_id IS NULL AND l.resolved_at >= %s
         RETURNING a.id, a.reopened
     """  # noqa: S608 (column names from the constant above)
-    count_step = 0 if kind == AlertKind.RULE else 1  # a breach adds its own count afterwards
+    # A breach (or a maintenance upsert) adds its own count afterwards.
+    count_step = 1 if kind == AlertKind.OFFLINE else 0
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(

@@ -168,6 +168,15 @@ class DeviceType(models.Model):
 class MetricQuerySet(TenantQuerySet):
     tenant_lookup = "device_type__tenant"
 
+    def wear_indicators(self) -> MetricQuerySet:
+        """Metrics predictive maintenance watches: flagged, with a failure threshold."""
+        return self.filter(is_wear_indicator=True, failure_threshold__isnull=False)
+
+
+class FailureDirection(models.TextChoices):
+    RISING = "rising", "Fails when rising to the threshold"
+    FALLING = "falling", "Fails when falling to the threshold"
+
 
 class Metric(models.Model):
     """A metric a device type reports, with its unit and the range a valid reading falls in."""
@@ -177,6 +186,25 @@ class Metric(models.Model):
     unit = models.CharField(max_length=32, blank=True)
     min_value = models.FloatField(null=True, blank=True, help_text="Lowest valid reading.")
     max_value = models.FloatField(null=True, blank=True, help_text="Highest valid reading.")
+    # Predictive maintenance (maintenance/): a wear indicator drifts towards its failure
+    # threshold as the device wears, e.g. a pump's vibration rising to 11 mm/s.
+    is_wear_indicator = models.BooleanField(
+        default=False,
+        help_text="Predictive maintenance watches this metric's trend towards its failure "
+        "threshold.",
+    )
+    failure_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Wear indicator: the value at which the device is expected to fail.",
+    )
+    failure_direction = models.CharField(
+        max_length=8,
+        choices=FailureDirection.choices,
+        default=FailureDirection.RISING,
+        blank=True,  # forms that leave it out keep the default (clean() fills it in)
+        help_text="Wear indicator: whether the value rises or falls towards the threshold.",
+    )
 
     objects = MetricQuerySet.as_manager()
 
@@ -200,12 +228,22 @@ class Metric(models.Model):
         return self.device_type.tenant_id
 
     def clean(self) -> None:
+        if not self.failure_direction:
+            self.failure_direction = FailureDirection.RISING
         if (
             self.min_value is not None
             and self.max_value is not None
             and self.min_value > self.max_value
         ):
             raise ValidationError({"max_value": "The highest valid value is below the lowest."})
+        if self.is_wear_indicator and self.failure_threshold is None:
+            raise ValidationError(
+                {"failure_threshold": "A wear indicator needs the failure threshold it drifts to."}
+            )
+
+    @property
+    def rises_to_failure(self) -> bool:
+        return self.failure_direction != FailureDirection.FALLING
 
     def accepts(self, value: float) -> bool:
         """Whether a reading lies in the metric's valid range."""

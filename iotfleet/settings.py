@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "alerts",
     "ota",
     "dashboards",
+    "maintenance",
 ]
 
 MIDDLEWARE = [
@@ -276,6 +277,13 @@ RULES_BACKTEST_MAX_DAYS = env.int("RULES_BACKTEST_MAX_DAYS", default=30)
 # Webhook deliveries: per-request timeout, and attempts before a delivery counts as failed.
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+
+# --- Predictive maintenance -------------------------------------------------------------------
+# Scoring looks at this many days of hourly buckets; a crossing predicted within the horizon
+# with at least this confidence (0-1) puts the device at risk and opens a maintenance alert.
+MAINTENANCE_WINDOW_DAYS = env.int("MAINTENANCE_WINDOW_DAYS", default=7)
+MAINTENANCE_HORIZON_DAYS = env.float("MAINTENANCE_HORIZON_DAYS", default=14.0)
+MAINTENANCE_MIN_CONFIDENCE = env.float("MAINTENANCE_MIN_CONFIDENCE", default=0.5)
 
 # --- Production hardening ---------------------------------------------------------------------
 if PRODUCTION:

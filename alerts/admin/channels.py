@@ -55,8 +55,23 @@ class NotificationChannelForm(TenantScopedModelForm):
 @admin.register(NotificationChannel)
 class NotificationChannelAdmin(TenantScopedAdmin):
     form = NotificationChannelForm
-    list_display = ["name", "tenant", "kind", "target", "max_per_hour", "for_offline", "is_enabled"]
-    list_filter = [("tenant", TenantScopedFilter), "kind", "is_enabled", "for_offline"]
+    list_display = [
+        "name",
+        "tenant",
+        "kind",
+        "target",
+        "max_per_hour",
+        "for_offline",
+        "for_maintenance",
+        "is_enabled",
+    ]
+    list_filter = [
+        ("tenant", TenantScopedFilter),
+        "kind",
+        "is_enabled",
+        "for_offline",
+        "for_maintenance",
+    ]
     list_select_related = ["tenant"]
     search_fields = ["name", "email_to", "webhook_url", "command"]
     actions = ["send_test"]
@@ -65,7 +80,7 @@ class NotificationChannelAdmin(TenantScopedAdmin):
         ("Email", {"fields": ["email_to"]}),
         ("Webhook", {"fields": ["webhook_url", "webhook_secret"]}),
         ("Command to the device over MQTT", {"fields": ["command", "command_params"]}),
-        ("When", {"fields": ["max_per_hour", "for_offline"]}),
+        ("When", {"fields": ["max_per_hour", "for_offline", "for_maintenance"]}),
     ]
 
     @admin.display(description="Sends to")

@@ -56,6 +56,7 @@ class NotificationChannelSerializer(TenantOwnedSerializer):
             "command_params",
             "max_per_hour",
             "for_offline",
+            "for_maintenance",
             "is_enabled",
             "created_at",
         ]
@@ -91,10 +92,11 @@ class NotificationChannelFilter(TenantFilterSet):
     kind = filters.ChoiceFilter(choices=ChannelKind.choices)
     is_enabled = filters.BooleanFilter()
     for_offline = filters.BooleanFilter()
+    for_maintenance = filters.BooleanFilter()
 
     class Meta:
         model = NotificationChannel
-        fields = ["tenant", "kind", "is_enabled", "for_offline"]
+        fields = ["tenant", "kind", "is_enabled", "for_offline", "for_maintenance"]
 
 
 @extend_schema_view(create=extend_schema(parameters=[TENANT_HEADER_PARAMETER]))

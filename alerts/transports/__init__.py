@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 EVENTS = {
     "opened": "alert.opened",
     "offline": "alert.offline",
+    "maintenance": "alert.maintenance",
     "escalated": "alert.escalated",
     "reminder": "alert.reminder",
     "resolved": "alert.resolved",
@@ -99,6 +100,8 @@ def alert_summary(alert: Alert, reason: str) -> str:
         {
             "opened": "An alert opened.",
             "offline": "A device went offline.",
+            "maintenance": "Predictive maintenance: a device is expected to reach a failure "
+            "threshold soon.",
             "escalated": "An alert is still not acknowledged: it was escalated to you.",
             "reminder": "Reminder: this alert is still open and not acknowledged.",
             "resolved": "This alert is resolved.",
@@ -109,7 +112,7 @@ def alert_summary(alert: Alert, reason: str) -> str:
         f"Severity:  {alert.get_severity_display()}",
         f"State:     {alert.get_state_display()}",
         f"Device:    {alert.device.name} ({alert.device.key})",
-        f"Rule:      {alert.rule.name if alert.rule else '(none: offline detection)'}",
+        f"Rule:      {alert.rule.name if alert.rule else _ruleless_source(alert)}",
     ]
     if alert.values:
         values = ", ".join(f"{name} = {value}" for name, value in sorted(alert.values.items()))
@@ -123,6 +126,12 @@ def alert_summary(alert: Alert, reason: str) -> str:
     if path:
         lines += ["", f"Open it in the IoTFleet admin: {path}"]
     return "\n".join(lines) + "\n"
+
+
+def _ruleless_source(alert: Alert) -> str:
+    if alert.kind == "maintenance":
+        return "(none: predictive maintenance)"
+    return "(none: offline detection)"
 
 
 def _iso(value: Any) -> str | None:

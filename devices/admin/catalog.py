@@ -25,7 +25,15 @@ from devices.models import (
 
 class MetricInline(TenantScopedInline):
     model = Metric
-    fields = ["name", "unit", "min_value", "max_value"]
+    fields = [
+        "name",
+        "unit",
+        "min_value",
+        "max_value",
+        "is_wear_indicator",
+        "failure_threshold",
+        "failure_direction",
+    ]
 
 
 @admin.register(DeviceType)

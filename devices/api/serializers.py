@@ -16,6 +16,7 @@ from devices.models import (
     DeviceGroup,
     DeviceShadow,
     DeviceType,
+    FailureDirection,
     Metric,
     Tenant,
     device_key_validator,
@@ -116,7 +117,15 @@ class MetricSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Metric
-        fields = ["name", "unit", "min_value", "max_value"]
+        fields = [
+            "name",
+            "unit",
+            "min_value",
+            "max_value",
+            "is_wear_indicator",
+            "failure_threshold",
+            "failure_direction",
+        ]
         # Uniqueness within the type is checked on the whole list by the device type.
         validators: list = []
 
@@ -125,6 +134,13 @@ class MetricSerializer(serializers.ModelSerializer):
         if low is not None and high is not None and low > high:
             raise serializers.ValidationError(
                 {"max_value": f"max_value ({high}) is below min_value ({low}): swap or fix them."}
+            )
+        if attrs.get("is_wear_indicator") and attrs.get("failure_threshold") is None:
+            raise serializers.ValidationError(
+                {
+                    "failure_threshold": "A wear indicator needs the failure threshold it drifts "
+                    "to (e.g. 11.2 for a vibration that fails at 11.2 mm/s)."
+                }
             )
         return attrs
 
@@ -193,6 +209,9 @@ class DeviceTypeSerializer(TenantOwnedSerializer):
                     "unit": fields.get("unit", ""),
                     "min_value": fields.get("min_value"),
                     "max_value": fields.get("max_value"),
+                    "is_wear_indicator": fields.get("is_wear_indicator", False),
+                    "failure_threshold": fields.get("failure_threshold"),
+                    "failure_direction": fields.get("failure_direction") or FailureDirection.RISING,
                 },
             )
         # Drop a prefetched list so the response shows the metrics just saved.
