@@ -128,9 +128,7 @@ def wear_for_device(
     phase = rng.uniform(0, 2 * math.pi)
     wander = noise * rng.uniform(0.3, 0.8)
     if not degrading:
-        return Wear(
-            baseline, threshold, noise, daily_amplitude=daily, phase=phase, wander=wander
-        )
+        return Wear(baseline, threshold, noise, daily_amplitude=daily, phase=phase, wander=wander)
     shape = SHAPES[hash_key(key) % len(SHAPES)]
     cross_at = now + rng.uniform(2, 20) * DAY
     start = now - rng.uniform(5, 15) * DAY
