@@ -49,6 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from maintenance.readings_copy import COPY_HEADER, COPY_READINGS, COPY_TRAILER, copy_rows  # noqa: E402
 from maintenance.scoring import (  # noqa: E402
     HourlySeries,
     Parameters,
@@ -256,38 +257,6 @@ def detection(seed: int) -> None:
 
 # --- Part 2: the database -----------------------------------------------------------------------
 
-ROW = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("time_len", ">i4"),
-        ("time", ">i8"),
-        ("device_len", ">i4"),
-        ("device", ">i8"),
-        ("metric_len", ">i4"),
-        ("metric", ">i4"),
-        ("value_len", ">i4"),
-        ("value", ">f8"),
-        ("flagged_len", ">i4"),
-        ("flagged", "u1"),
-    ]
-)
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
-
-
-def copy_rows(times: np.ndarray, device_id: int, metric_id: int, values: np.ndarray) -> bytes:
-    """Rows of telemetry_reading in PostgreSQL's binary COPY format, built by numpy."""
-    rows = np.empty(len(times), dtype=ROW)
-    rows["fields"] = 5
-    rows["time_len"], rows["device_len"], rows["value_len"] = 8, 8, 8
-    rows["metric_len"], rows["flagged_len"] = 4, 1
-    rows["time"] = np.round((times - PG_EPOCH) * 1_000_000).astype(np.int64)
-    rows["device"] = device_id
-    rows["metric"] = metric_id
-    rows["value"] = values
-    rows["flagged"] = 0
-    return rows.tobytes()
-
 
 def setup_database() -> None:
     import psycopg
@@ -302,13 +271,16 @@ def setup_database() -> None:
             "DEBUG": "false",
             "MQTT_DYNSEC_ENABLED": "false",
             "LOG_LEVEL": "WARNING",
-            "CHANNELS_REDIS_URL": "redis://127.0.0.1:1/0",  # no live pushes to anyone's Redis
         }
     )
     import django
 
     django.setup()
+    from django.conf import settings
     from django.core.management import call_command
+
+    # Live pushes go nowhere: no dashboards watch the bench, and no one else's Redis hears it.
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
     call_command("migrate", verbosity=0, interactive=False)
 
@@ -354,10 +326,7 @@ def database(seed: int) -> None:
     started = time.perf_counter()
     with connection.cursor() as cursor:
         raw = cursor.connection
-        with raw.cursor().copy(
-            "COPY telemetry_reading (time, device_id, metric_id, value, flagged) "
-            "FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+        with raw.cursor().copy(COPY_READINGS) as copy:
             copy.write(COPY_HEADER)
             for number, (device_id, planted) in enumerate(zip(device_ids, fleet, strict=True)):
                 values = planted.minutes(start, 7, rng)
@@ -365,7 +334,7 @@ def database(seed: int) -> None:
                 if (number + 1) % 100 == 0:
                     elapsed = time.perf_counter() - started
                     log(f"  loaded {(number + 1) * len(times):>12,} rows ({elapsed:.0f} s)")
-            copy.write((-1).to_bytes(2, "big", signed=True))
+            copy.write(COPY_TRAILER)
         raw.commit()
         cursor.execute("ANALYZE telemetry_reading")
         cursor.execute("SELECT count(*) FROM telemetry_reading")

@@ -45,6 +45,7 @@ class Parameters:
     min_hours: int = 24  # hourly buckets with data needed to predict anything
     min_confidence: float = 0.5
     interval_z: float = 1.645  # 90 % two-sided interval of the slope
+    curvature_t: float = 3.0  # a bend upwards this significant follows the curve
     forest_seed: int = 0
     forest_min_devices: int = 8  # fewer devices of a type: no anomaly score (0)
 
@@ -182,6 +183,19 @@ def fit_trend(series: HourlySeries, indicator: WearIndicator, params: Parameters
         slow = slope - params.interval_z * slope_se
         earliest = np.where(heading, np.maximum(distance, 0.0) / fast, np.inf)
         latest = np.where(heading & (slow > 0), np.maximum(distance, 0.0) / slow, np.inf)
+    # A drift that clearly speeds up (wear feeding on itself) follows its curve, not its line.
+    curve = _curvature(x, w, y0, valid, threshold, params)
+    if curve is not None:
+        bent, curve_days, curve_earliest, curve_latest, curve_now = curve
+        # Only where the straight line already rises clearly: a one-off step or bump in the
+        # window also looks bent, and must not be extrapolated into a failure.
+        bent &= heading & (slope > params.curvature_t * slope_se)
+        days = np.where(bent, curve_days, days)
+        earliest = np.where(bent, curve_earliest, earliest)
+        latest = np.where(bent, curve_latest, latest)
+        level_now = np.where(bent, curve_now, level_now)
+        distance = threshold - level_now
+    with np.errstate(invalid="ignore", divide="ignore"):
         confidence = np.where(
             heading & np.isfinite(latest) & (days > 0),
             1.0 - (latest - earliest) / (2.0 * days),
@@ -210,6 +224,63 @@ def fit_trend(series: HourlySeries, indicator: WearIndicator, params: Parameters
         latest_days=np.where(nothing, np.inf, latest),
         confidence=np.where(nothing, 0.0, confidence),
     )
+
+
+def _curvature(
+    x: np.ndarray,
+    w: np.ndarray,
+    y0: np.ndarray,
+    valid: np.ndarray,
+    threshold: float,
+    params: Parameters,
+) -> tuple[np.ndarray, ...] | None:
+    """A weighted quadratic through the same points: for each device whether it bends upwards
+    significantly (curvature t > params.curvature_t), and the crossing (days, 90 % interval from
+    the curvature's uncertainty) and the level now on that curve."""
+    devices = y0.shape[0]
+    if devices == 0:
+        return None
+    basis = np.stack([np.ones_like(x), x, x * x], axis=1)  # (hours, 3); x = 0 is now
+    normal = np.einsum("dh,hi,hj->dij", w, basis, basis)
+    rhs = np.einsum("dh,hi,dh->di", w, basis, y0)
+    usable = np.linalg.matrix_rank(normal) == 3
+    normal[~usable] = np.eye(3)
+    inverse = np.linalg.inv(normal)
+    beta = np.einsum("dij,dj->di", inverse, rhs)
+    resid = np.where(valid, y0 - beta @ basis.T, 0.0)
+    sw = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_eff = sw**2 / (w * w).sum(axis=1)
+        variance = (w * resid * resid).sum(axis=1) / sw * n_eff / np.maximum(n_eff - 3, 1)
+        meat = np.einsum("dh,hi,hj->dij", w * w, basis, basis)
+        cov = inverse @ meat @ inverse * variance[:, None, None]
+        rho = _lag1_autocorrelation(resid, valid)
+        c_se = np.sqrt(cov[:, 2, 2] * (1 + rho) / (1 - rho))
+        a, b, c = beta[:, 0], beta[:, 1], beta[:, 2]
+        bent = usable & (c > 0) & (c / c_se > params.curvature_t) & (a < threshold)
+
+        def crossing(curvature: np.ndarray) -> np.ndarray:
+            return _first_root(curvature, b, a - threshold)
+
+        z = params.interval_z
+        days = crossing(c)
+        earliest = crossing(c + z * c_se)
+        latest = crossing(c - z * c_se)
+    return bent, days, earliest, latest, a
+
+
+def _first_root(c: np.ndarray, b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """The smallest positive u with c u^2 + b u + a = 0 (a < 0 here), inf where there is none."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        linear = np.where(b > 0, -a / b, np.inf)
+        disc = b * b - 4 * c * a
+        root = np.sqrt(np.where(disc >= 0, disc, np.nan))
+        r1 = (-b + root) / (2 * c)
+        r2 = (-b - root) / (2 * c)
+        r1 = np.where(r1 > 0, r1, np.inf)
+        r2 = np.where(r2 > 0, r2, np.inf)
+        quadratic = np.nan_to_num(np.minimum(r1, r2), nan=np.inf)
+    return np.where(np.abs(c) < 1e-12, linear, quadratic)
 
 
 def _lag1_autocorrelation(resid: np.ndarray, valid: np.ndarray) -> np.ndarray:

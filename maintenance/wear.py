@@ -1,5 +1,5 @@
 """How a wearing part's reading drifts to its failure threshold: the shapes the simulator plants
-on degrading devices (`manage.py simulate --degrading`), `seed_demo` backfills and
+on degrading devices (`manage.py simulate --degrading`, `WearingValue`), `seed_demo` backfills and
 bench/maintenance.py measures the model on.
 
 A degrading reading is `baseline + (threshold - baseline) * shape(progress)` plus noise that
@@ -11,6 +11,7 @@ All functions take numpy arrays of epoch seconds, so one call draws a whole hist
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,40 +110,67 @@ class Wear:
         return values
 
 
-def wear_for_device(
+def healthy_level(
+    threshold: float, rising: bool, min_value: float | None, max_value: float | None
+) -> float:
+    """Where a healthy device's wear indicator sits: 30 % of the way from the metric's floor to a
+    rising threshold (a pump at 11.2 mm/s fails, healthy ones run near 3.4), or 70 % of the way
+    up from a falling threshold to the metric's ceiling."""
+    if rising:
+        floor = min_value if min_value is not None else min(0.0, threshold - 10.0)
+        return floor + 0.3 * (threshold - floor)
+    ceiling = max_value if max_value is not None else threshold + 10.0
+    return threshold + 0.7 * (ceiling - threshold)
+
+
+def plan_wear(
     key: str,
+    metric: str,
     threshold: float,
-    healthy_level: float,
+    level: float,
     now: float,
     degrading: bool,
-    rng: np.random.Generator | None = None,
-) -> Wear:
-    """A plausible wear profile for a demo device: healthy ones sit near `healthy_level`;
-    degrading ones started wearing 5-15 days ago and reach the threshold 2-20 days from `now`,
-    along a shape chosen from the key (the same device degrades the same way at every run)."""
-    rng = rng or np.random.default_rng(abs(hash_key(key)))
-    span = threshold - healthy_level
-    baseline = healthy_level + span * rng.uniform(-0.15, 0.15)
-    noise = abs(span) * rng.uniform(0.03, 0.06)
-    daily = abs(span) * rng.uniform(0.0, 0.04)
-    phase = rng.uniform(0, 2 * math.pi)
-    wander = noise * rng.uniform(0.3, 0.8)
-    if not degrading:
-        return Wear(baseline, threshold, noise, daily_amplitude=daily, phase=phase, wander=wander)
-    shape = SHAPES[hash_key(key) % len(SHAPES)]
-    cross_at = now + rng.uniform(2, 20) * DAY
-    start = now - rng.uniform(5, 15) * DAY
+    cross_days: tuple[float, float] = (2.0, 20.0),
+) -> dict:
+    """A plausible wear plan for a demo device, JSON-ready (kept in the device's attributes so
+    seed_demo's history and the simulator's live readings tell one story): healthy ones sit near
+    `level`; degrading ones started wearing 5-15 days before `now` and reach the threshold
+    `cross_days` (2-20 by default) days after it, along a shape chosen from the key."""
+    rng = np.random.default_rng(hash_key(key))
+    span = abs(threshold - level)
+    plan = {
+        "metric": metric,
+        "baseline": round(level + (threshold - level) * rng.uniform(-0.15, 0.15), 3),
+        "noise": round(span * rng.uniform(0.03, 0.06), 4),
+        "daily_amplitude": round(span * rng.uniform(0.0, 0.04), 4),
+        "phase": round(rng.uniform(0, 2 * math.pi), 3),
+    }
+    plan["wander"] = round(plan["noise"] * rng.uniform(0.3, 0.8), 4)
+    if degrading:
+        plan["shape"] = SHAPES[hash_key(key) % len(SHAPES)]
+        plan["start"] = round(now - rng.uniform(5, 15) * DAY)
+        plan["cross_at"] = round(now + rng.uniform(*cross_days) * DAY)
+    return plan
+
+
+def wear_from_plan(plan: dict, threshold: float) -> Wear:
     return Wear(
-        baseline,
-        threshold,
-        noise,
-        start=start,
-        cross_at=cross_at,
-        shape=shape,
-        daily_amplitude=daily,
-        phase=phase,
-        wander=wander,
+        baseline=float(plan["baseline"]),
+        threshold=threshold,
+        noise=float(plan["noise"]),
+        start=float(plan.get("start", math.inf)),
+        cross_at=float(plan.get("cross_at", math.inf)),
+        shape=plan.get("shape"),
+        daily_amplitude=float(plan.get("daily_amplitude", 0.0)),
+        phase=float(plan.get("phase", 0.0)),
+        wander=float(plan.get("wander", 0.0)),
     )
+
+
+def picked_to_degrade(key: str, share: float) -> bool:
+    """Whether the device with this key is one of the `share` (0-1) that degrade: the same
+    devices at every run."""
+    return (hash_key(key) % 1000) < share * 1000
 
 
 def hash_key(key: str) -> int:
@@ -151,3 +179,51 @@ def hash_key(key: str) -> int:
     for char in key.encode():
         value = (value * 131 + char) % (2**31 - 1)
     return value
+
+
+@dataclass
+class WearingValue:
+    """The simulator's value model of a wear indicator (telemetry/simulator.py): the wear's
+    expected reading at the wall-clock time, plus a mean-reverting wander and white noise that
+    grow as the part nears failure. Steps one reading at a time, any interval apart."""
+
+    wear: Wear
+    low: float | None = None
+    high: float | None = None
+    deviation: float = 0.0
+
+    def step(self, dt: float, now: float, rng: random.Random) -> float:
+        wear = self.wear
+        keep = math.exp(-max(dt, 0.0) / (60.0 * wear.wander_minutes))
+        self.deviation = self.deviation * keep + wear.wander * math.sqrt(1 - keep * keep) * (
+            rng.gauss(0, 1)
+        )
+        at = np.array([now])
+        scale = float(wear.noise_scale(at)[0]) / wear.noise if wear.noise else 1.0
+        noise = self.deviation + wear.noise * rng.gauss(0, 1)
+        value = float(wear.expected(at)[0]) + scale * noise
+        if self.low is not None:
+            value = max(value, self.low)
+        if self.high is not None:
+            value = min(value, self.high)
+        return round(value, 3)
+
+
+def wearing_value(
+    key: str,
+    metric: str,
+    threshold: float,
+    rising: bool,
+    min_value: float | None,
+    max_value: float | None,
+    plan: dict | None,
+    degrading_share: float,
+    now: float,
+) -> WearingValue:
+    """The value model of one device's wear indicator: its stored plan (seed_demo's), or a new
+    one, degrading for `degrading_share` of the devices (by key) from `now` on."""
+    if not isinstance(plan, dict) or plan.get("metric") != metric:
+        level = healthy_level(threshold, rising, min_value, max_value)
+        degrading = picked_to_degrade(key, degrading_share)
+        plan = plan_wear(key, metric, threshold, level, now, degrading)
+    return WearingValue(wear_from_plan(plan, threshold), low=min_value, high=max_value)

@@ -151,6 +151,8 @@ class MetricSpec:
     unit: str
     min_value: float | None
     max_value: float | None
+    failure_threshold: float | None = None  # a wear indicator (predictive maintenance)
+    rising: bool = True
 
 
 def telemetry_payload(ts_ms: int, seq: int, metrics: dict[str, float]) -> bytes:
@@ -193,6 +195,7 @@ class DeviceProfile:
     firmware_version: str
     metrics: tuple[MetricSpec, ...]
     password: str | None = None
+    wear_plan: dict | None = None  # seed_demo's plan of its wear indicator (maintenance/demo.py)
 
 
 class DeviceState:
@@ -233,11 +236,34 @@ class SimulatedDevice:
         }
 
 
-def simulated_device(profile: DeviceProfile) -> SimulatedDevice:
+def simulated_device(profile: DeviceProfile, degrading: float = 0.0) -> SimulatedDevice:
     # Seeded by key, so a device keeps its set points from one run of the simulator to the next.
     rng = random.Random(profile.key)
-    values = [value_model(m.min_value, m.max_value, m.unit, rng) for m in profile.metrics]
+    values = [
+        wear_model(profile, m, degrading)
+        if m.failure_threshold is not None
+        else value_model(m.min_value, m.max_value, m.unit, rng)
+        for m in profile.metrics
+    ]
     return SimulatedDevice(profile=profile, values=values)
+
+
+def wear_model(profile: DeviceProfile, metric: MetricSpec, degrading: float) -> ValueModel:
+    """A wear indicator drifts towards its failure threshold on degrading devices and stays
+    healthy on the others (maintenance/wear.py)."""
+    from maintenance.wear import wearing_value
+
+    return wearing_value(
+        profile.key,
+        metric.name,
+        float(metric.failure_threshold),  # type: ignore[arg-type]
+        metric.rising,
+        metric.min_value,
+        metric.max_value,
+        profile.wear_plan,
+        degrading,
+        time.time(),
+    )
 
 
 def load_profiles(count: int | None = None, tenant: str | None = None) -> list[DeviceProfile]:
@@ -273,10 +299,18 @@ def load_profiles(count: int | None = None, tenant: str | None = None) -> list[D
             key=device.key,
             firmware_version=device.firmware_version or "1.0.0",
             metrics=tuple(
-                MetricSpec(m.name, m.unit, m.min_value, m.max_value)
+                MetricSpec(
+                    m.name,
+                    m.unit,
+                    m.min_value,
+                    m.max_value,
+                    m.failure_threshold if m.is_wear_indicator else None,
+                    m.rises_to_failure,
+                )
                 for m in device.device_type.metrics.all()
             ),
             password=passwords.get(device.key),
+            wear_plan=device.attributes.get("simulated_wear"),
         )
         for device in devices
     ]
@@ -295,6 +329,7 @@ class Options:
     flaky_downtime: tuple[float, float] = (30.0, 120.0)
     bad: float = 0.0  # fraction of telemetry messages sent malformed
     connect_rate: float = 200.0  # new connections per second
+    degrading: float = 0.0  # share of devices with a wear indicator (and no seeded plan) wearing
 
 
 def broker_address(url: str) -> tuple[str, int]:
@@ -325,10 +360,10 @@ class Simulator:
         options: Options | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.devices = [simulated_device(p) for p in profiles]
+        self.options = options or Options()
+        self.devices = [simulated_device(p, self.options.degrading) for p in profiles]
         self.host = host
         self.port = port
-        self.options = options or Options()
         self.interval = 1 / self.options.rate
         self.rng = rng or random.Random()
         self.selector = selectors.DefaultSelector()

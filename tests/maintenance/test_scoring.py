@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -191,3 +192,18 @@ def test_hourly_buckets_from_minutes_match_a_direct_computation():
     assert count.tolist() == [[60, 60], [60, 0]]
     assert std[0, 0] == pytest.approx(np.std(np.arange(60), ddof=1))
     assert np.isnan(mean[1, 1])
+
+
+def test_a_drift_that_speeds_up_is_followed_along_its_curve():
+    # 3 + 0.1 (u + 7)^2 (u in days from now): 7.9 now, 11 in 1.94 days.
+    u = hours()
+    accelerating = 3.0 + 0.1 * (u + 7) ** 2 + noise(0.03)
+    straight = fit_trend(series(accelerating), VIBRATION, Parameters(curvature_t=math.inf))
+    fit = fit_trend(series(accelerating), VIBRATION, Parameters())
+    assert fit.days_to_cross[0] == pytest.approx(80**0.5 - 7, rel=0.08)
+    assert straight.days_to_cross[0] > 1.2 * fit.days_to_cross[0]
+    assert fit.confidence[0] > 0.6
+    # A one-off step up (a recalibrated sensor) is not read as accelerating wear.
+    step = np.where(u > -3.0, 4.6, 4.0) + noise(0.1)  # three days ago, flat since
+    stepped = score_device_type([(VIBRATION, series(step))])[0]
+    assert not stepped.at_risk[0]

@@ -43,6 +43,7 @@ class MetricSpec:
     unit: str
     min_value: float
     max_value: float
+    failure_threshold: float | None = None  # a wear indicator for predictive maintenance
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ PUMP = TypeSpec(
     description="Centrifugal pumps with vibration, pressure and flow sensing; every minute.",
     heartbeat_timeout=timedelta(minutes=5),
     metrics=(
-        MetricSpec("vibration", "mm/s", 0, 50),
+        # 11.2 mm/s: ISO 10816's "damage occurs" zone for a medium pump; maintenance watches it.
+        MetricSpec("vibration", "mm/s", 0, 50, failure_threshold=11.2),
         MetricSpec("pressure", "bar", 0, 16),
         MetricSpec("flow_rate", "m³/h", 0, 200),
     ),
@@ -252,6 +254,22 @@ class Command(BaseCommand):
         with transaction.atomic():
             summary = self.seed(plan_devices(devices), password)
         self.report(summary, password, time.perf_counter() - started)
+        self.seed_wear()
+
+    def seed_wear(self) -> None:
+        """A week of wear-indicator history (a few pumps degrading) and a first scoring, so the
+        "at risk" list has something to show at once (maintenance/demo.py)."""
+        from maintenance.demo import seed_demo_wear
+        from maintenance.services import score_fleet
+
+        started = time.perf_counter()
+        wear = seed_demo_wear()
+        scored = score_fleet()
+        self.stdout.write(
+            f"Predictive maintenance: {wear.degrading} of the devices with a wear indicator are "
+            f"degrading; wrote {wear.readings:,} readings of history; {scored.at_risk} devices "
+            f"at risk ({time.perf_counter() - started:.1f} s)."
+        )
 
     def seed(self, plan: list[PlannedDevice], password: str) -> Counter[str]:
         created: Counter[str] = Counter()
@@ -316,16 +334,22 @@ class Command(BaseCommand):
         )
         created["device types"] += new
         for metric in spec.metrics:
-            _, new = Metric.objects.get_or_create(
+            wear = {}
+            if metric.failure_threshold is not None:
+                wear = {"is_wear_indicator": True, "failure_threshold": metric.failure_threshold}
+            row, new = Metric.objects.get_or_create(
                 device_type=device_type,
                 name=metric.name,
                 defaults={
                     "unit": metric.unit,
                     "min_value": metric.min_value,
                     "max_value": metric.max_value,
+                    **wear,
                 },
             )
             created["metrics"] += new
+            if wear and not row.is_wear_indicator:  # a fleet seeded before wear indicators
+                Metric.objects.filter(pk=row.pk).update(**wear)
         return device_type
 
     def demo_user(self, acme: Tenant, password: str) -> bool:

@@ -69,6 +69,14 @@ class Command(BaseCommand):
             help="New MQTT connections per second at start (default 200).",
         )
 
+        parser.add_argument(
+            "--degrading",
+            type=float,
+            default=0.0,
+            help="Share of the devices with a wear indicator that degrade towards its failure "
+            "threshold (default 0; devices seed_demo planned keep their plan).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         low, high = options["flaky_downtime"]
         if options["devices"] is not None and options["devices"] < 1:
@@ -77,6 +85,8 @@ class Command(BaseCommand):
             raise CommandError("--rate and --connect-rate must be positive.")
         if not 0 <= options["flaky"] <= 1 or not 0 <= options["bad"] <= 1:
             raise CommandError("--flaky and --bad are probabilities, between 0 and 1.")
+        if not 0 <= options["degrading"] <= 1:
+            raise CommandError("--degrading is a share of the devices, between 0 and 1.")
         if not 0 <= low <= high or options["flaky_period"] <= 0:
             raise CommandError("--flaky-downtime needs 0 <= SECONDS <= MAX; --flaky-period > 0.")
         simulation = Options(
@@ -87,6 +97,7 @@ class Command(BaseCommand):
             flaky_downtime=(low, high),
             bad=options["bad"],
             connect_rate=options["connect_rate"],
+            degrading=options["degrading"],
         )
         try:
             simulated = simulate(options["devices"], options["tenant"], simulation)
