@@ -35,6 +35,7 @@ from django.utils import timezone
 from alerts.models import Alert, AlertEvent, AlertEventKind, AlertKind, AlertState
 from devices.models import Device, DeviceStatus
 from iotfleet import live
+from ota.models import DeviceUpdate
 from rules.models import Rule, RuleKind, Severity
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,13 @@ def detect_offline(now: datetime) -> int:
 
 
 def devices_went_offline(device_ids: Sequence[int], at: datetime) -> None:
-    """Open an offline alert for each device (the last will, or offline detection)."""
+    """Open an offline alert for each device (the last will, or offline detection).
+
+    A device inside its firmware update window (job sent, not finished) is expected to reboot:
+    no alert now; if it has not come back when its update times out, OTA raises it then
+    (ota.services.Advance.time_out)."""
+    updating = DeviceUpdate.objects.updating_device_ids(device_ids)
+    device_ids = [pk for pk in device_ids if pk not in updating]
     devices = {
         pk: (tenant_id, name, last_seen)
         for pk, tenant_id, name, last_seen in Device.objects.filter(

@@ -17,9 +17,10 @@ from rest_framework.routers import DefaultRouter
 
 from alerts.api.urls import router as alerts_router
 from devices.api.urls import router as devices_router
+from ota.api.views import router as ota_router
 from rules.api.urls import router as rules_router
 
-APP_ROUTERS = [devices_router, rules_router, alerts_router]
+APP_ROUTERS = [devices_router, rules_router, alerts_router, ota_router]
 
 
 class ApiRouter(DefaultRouter):

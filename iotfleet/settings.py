@@ -200,10 +200,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
-    # Alerts and notification channels both have a `kind`: name their enums apart.
+    # Alerts and notification channels both have a `kind`, devices and rollouts a `status`:
+    # name their enums apart.
     "ENUM_NAME_OVERRIDES": {
         "AlertKindEnum": "alerts.models.AlertKind",
         "ChannelKindEnum": "alerts.models.ChannelKind",
+        "RolloutStatusEnum": "ota.models.RolloutStatus",
+        "DeviceStatusEnum": "devices.models.DeviceStatus",
     },
 }
 
@@ -284,6 +287,23 @@ WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
 MAINTENANCE_WINDOW_DAYS = env.int("MAINTENANCE_WINDOW_DAYS", default=7)
 MAINTENANCE_HORIZON_DAYS = env.float("MAINTENANCE_HORIZON_DAYS", default=14.0)
 MAINTENANCE_MIN_CONFIDENCE = env.float("MAINTENANCE_MIN_CONFIDENCE", default=0.5)
+
+# --- OTA firmware ---------------------------------------------------------------------------
+# Largest firmware image an upload may carry (docs/ota.md).
+OTA_MAX_UPLOAD_BYTES = env.int("OTA_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
+# Devices download firmware from signed URLs under this base (what they can reach), valid for
+# OTA_DOWNLOAD_URL_SECONDS from the job.
+OTA_DOWNLOAD_BASE_URL = env.str(
+    "OTA_DOWNLOAD_BASE_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}"
+).rstrip("/")
+OTA_DOWNLOAD_URL_SECONDS = env.int("OTA_DOWNLOAD_URL_SECONDS", default=3600)
+# The health gate (ota/health.py): updated devices are "clearly worse" on a measure when their
+# share exceeds the not-yet-updated devices' by at least MIN_EFFECT and a one-sided Fisher exact
+# test gives p < ALPHA / 3 (three measures). A reboot within REBOOT_GRACE after the update
+# finished is the update's own.
+OTA_HEALTH_MIN_EFFECT = env.float("OTA_HEALTH_MIN_EFFECT", default=0.10)
+OTA_HEALTH_ALPHA = env.float("OTA_HEALTH_ALPHA", default=0.05)
+OTA_REBOOT_GRACE = timedelta(seconds=env.int("OTA_REBOOT_GRACE_SECONDS", default=120))
 
 # --- Production hardening ---------------------------------------------------------------------
 if PRODUCTION:

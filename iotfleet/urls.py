@@ -9,4 +9,5 @@ urlpatterns = [
     path("", include("dashboards.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("iotfleet.api_urls")),
+    path("ota/", include("ota.urls")),
 ]

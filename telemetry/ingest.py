@@ -43,7 +43,12 @@ from telemetry.validation import REJECTED, Entry, parse_message
 log = logging.getLogger("telemetry.ingest")
 
 SHARE_GROUP = "ingest"
-TOPICS = ("fleet/+/telemetry", "fleet/+/status", "fleet/+/shadow/reported")
+TOPICS = (
+    "fleet/+/telemetry",
+    "fleet/+/status",
+    "fleet/+/shadow/reported",
+    "fleet/+/ota/status",  # firmware update progress (ota/protocol.py)
+)
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
 HANDOVER_BACKOFF_MAX = 10.0
 # On SIGTERM with Redis down, how long to keep trying before leaving the batch to redelivery.

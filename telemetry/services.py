@@ -28,9 +28,10 @@ from django.db import connection, transaction
 from alerts import services as alerts
 from devices.models import Device, DeviceStatus, DeviceType, Metric, OutOfRange
 from devices.services import update_reported
+from ota.ingest import FirmwareReports
 from rules import engine as rules_engine
 from telemetry.models import IngestEvent, IngestEventKind, RejectedMessage
-from telemetry.validation import REJECTED, REPORTED, STATUS, TELEMETRY, Entry
+from telemetry.validation import OTA_STATUS, REJECTED, REPORTED, STATUS, TELEMETRY, Entry
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class BatchWriter:
         self.stored: list[tuple[int, int, int, float]] = []
         self.went_offline: list[int] = []
         self.came_online: list[int] = []
+        self.firmware = FirmwareReports()  # OTA progress and reported versions (ota/ingest.py)
 
     # --- step 1: device-level checks ------------------------------------------------------
     def reject(
@@ -194,9 +196,11 @@ class BatchWriter:
                 self.reject(devices.get(key), key, received_ms, topic, reason, excerpt, size)
                 continue
             device = devices.get(key)
-            topic = f"fleet/{key}/" + {TELEMETRY: "telemetry", STATUS: "status"}.get(
-                kind, "shadow/reported"
-            )
+            topic = f"fleet/{key}/" + {
+                TELEMETRY: "telemetry",
+                STATUS: "status",
+                OTA_STATUS: "ota/status",
+            }.get(kind, "shadow/reported")
             if device is None or not device.enabled:
                 reason = (
                     f"unknown device {key!r}: create it (admin or API) or fix the device's key"
@@ -208,6 +212,7 @@ class BatchWriter:
                 continue
             self.devices[device.id] = device
             activity = self.activity[device.id]
+            self.firmware.take(device.id, entry)
             if kind == STATUS:
                 activity.status = entry[3]
                 if entry[3] == DeviceStatus.ONLINE:
@@ -216,6 +221,8 @@ class BatchWriter:
             activity.last_seen_ms = max(activity.last_seen_ms or 0, received_ms)
             if kind == REPORTED:
                 self.reported.append((device.id, entry[3]))
+                continue
+            if kind == OTA_STATUS:
                 continue
             activity.status = DeviceStatus.ONLINE
             self.add_telemetry(device, metrics, entry, topic)
@@ -403,6 +410,8 @@ class BatchWriter:
         if self.stored:
             devices = {info.id: (info.tenant_id, info.type_id) for info in self.devices.values()}
             steps.append(("rules", rules_engine.evaluate_batch, (self.stored, devices)))
+        if self.firmware:
+            steps.append(("firmware updates", self.firmware.record, ()))
         for what, step, arguments in steps:
             try:
                 with transaction.atomic():

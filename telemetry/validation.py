@@ -9,8 +9,9 @@ metrics its type does not define, values outside a metric's range) run in the ba
 Batch entries (lists, to keep a batch of a thousand small and quick to encode):
 
     ["t", key, received_ms, [[ts_ms, seq|None, {metric: value}], ...], [problem, ...], excerpt]
-    ["s", key, received_ms, "online"|"offline"]
+    ["s", key, received_ms, "online"|"offline"(, firmware_version)]
     ["r", key, received_ms, {reported state}]
+    ["o", key, received_ms, {OTA progress report}]   (ota/protocol.py)
     ["x", key|"", received_ms, topic, reason, excerpt, size]
 
 A telemetry entry keeps its valid readings; `problems` lists what was dropped from it (a NaN, a
@@ -31,14 +32,21 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from ota import protocol as ota_protocol
+
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 METRIC_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 EXCERPT_BYTES = 300
 # Epoch milliseconds below this are years before 1973: almost surely seconds.
 SMALLEST_EPOCH_MS = 100_000_000_000
 
-TELEMETRY, STATUS, REPORTED, REJECTED = "t", "s", "r", "x"
-KINDS = {"telemetry": TELEMETRY, "status": STATUS, "shadow/reported": REPORTED}
+TELEMETRY, STATUS, REPORTED, REJECTED, OTA_STATUS = "t", "s", "r", "x", "o"
+KINDS = {
+    "telemetry": TELEMETRY,
+    "status": STATUS,
+    "shadow/reported": REPORTED,
+    "ota/status": OTA_STATUS,
+}
 STATES = ("online", "offline")
 
 Entry = list
@@ -101,12 +109,12 @@ def excerpt(payload: bytes) -> str:
 
 
 def split_topic(topic: str) -> tuple[str, str]:
-    """(device key, kind) of `fleet/{key}/telemetry|status|shadow/reported`."""
+    """(device key, kind) of `fleet/{key}/telemetry|status|shadow/reported|ota/status`."""
     parts = topic.split("/", 2)
     if len(parts) != 3 or parts[0] != "fleet" or parts[2] not in KINDS:
         raise Invalid(
-            "unexpected topic: devices publish to fleet/{key}/telemetry, fleet/{key}/status "
-            "or fleet/{key}/shadow/reported"
+            "unexpected topic: devices publish to fleet/{key}/telemetry, fleet/{key}/status, "
+            "fleet/{key}/shadow/reported or fleet/{key}/ota/status"
         )
     if not KEY_PATTERN.match(parts[1]):
         raise Invalid(f"{parts[1][:80]!r} is not a valid device key")
@@ -201,11 +209,18 @@ def parse_telemetry(body: Any, received_ms: int) -> tuple[list, list[str]]:
     return readings, problems
 
 
-def parse_status(body: Any) -> str:
+def parse_status(body: Any) -> list:
+    """[state] or [state, firmware_version]: a device may say what it runs as it comes online."""
     state = body.get("state") if isinstance(body, dict) else None
     if state not in STATES:
         raise Invalid('status is {"state": "online"} or {"state": "offline"}')
-    return state
+    version = body.get("firmware_version")
+    if version is None:
+        return [state]
+    try:
+        return [state, ota_protocol.parse_version(version, "firmware_version")]
+    except ota_protocol.BadReport as error:
+        raise Invalid(str(error)) from None
 
 
 def rejection(key: str, received_ms: int, topic: str, reason: str, payload: bytes) -> Entry:
@@ -232,7 +247,12 @@ def parse_message(topic: str, payload: bytes, received_ms: int) -> Entry:
                 excerpt(payload) if problems else "",
             ]
         if kind == STATUS:
-            return [STATUS, key, received_ms, parse_status(body)]
+            return [STATUS, key, received_ms, *parse_status(body)]
+        if kind == OTA_STATUS:
+            try:
+                return [OTA_STATUS, key, received_ms, ota_protocol.parse_status_report(body)]
+            except ota_protocol.BadReport as error:
+                raise Invalid(str(error)) from None
         if not isinstance(body, dict):
             raise Invalid('reported state is a JSON object like {"reporting_interval": 30}')
         if b"\\u0000" in payload:

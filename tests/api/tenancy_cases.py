@@ -39,6 +39,7 @@ class ApiCase:
     update_payload: Callable[[Model], dict] | None = None
     lookup_field: str = "id"
     related_state: Callable[[Model], Any] = field(default=_no_related_state)
+    create_format: str = "json"  # "multipart" for a create that uploads a file
 
     def __str__(self) -> str:
         return self.basename
@@ -147,8 +148,8 @@ CASES: list[ApiCase] = [
 ]
 
 # Later apps keep their cases in modules of their own, which import ApiCase from here.
-from tests.api import cases_alerts, cases_channels, cases_rules  # noqa: E402
+from tests.api import cases_alerts, cases_channels, cases_ota, cases_rules  # noqa: E402
 
-CASES += [*cases_rules.CASES, *cases_alerts.CASES, *cases_channels.CASES]
+CASES += [*cases_rules.CASES, *cases_alerts.CASES, *cases_channels.CASES, *cases_ota.CASES]
 
 WRITABLE_CASES = [case for case in CASES if case.writable]

@@ -83,7 +83,7 @@ def test_bob_the_viewer_lists_and_retrieves(case: ApiCase, acme, bob):
 def test_bob_the_viewer_cannot_create(case: ApiCase, acme, bob):
     payload = case.create_payload(acme)
     count = case.model.objects.count()
-    response = client_as(bob).post(case.list_url(), payload, format="json")
+    response = client_as(bob).post(case.list_url(), payload, format=case.create_format)
     assert response.status_code == 403
     assert case.model.objects.count() == count
 
@@ -102,7 +102,7 @@ def test_alice_creates_in_acme_even_when_the_payload_names_globex(
     case: ApiCase, acme, globex, alice
 ):
     payload = {**case.create_payload(acme), "tenant": "globex"}
-    response = client_as(alice).post(case.list_url(), payload, format="json")
+    response = client_as(alice).post(case.list_url(), payload, format=case.create_format)
     assert response.status_code == 201, response.data
     assert response.data["tenant"] == "acme"
     created = case.model.objects.get(**{case.lookup_field: response.data[case.lookup_field]})
@@ -114,7 +114,7 @@ def test_alice_cannot_create_in_globex_with_the_x_tenant_header(case: ApiCase, a
     payload = case.create_payload(acme)
     count = case.model.objects.count()
     response = client_as(alice).post(
-        case.list_url(), payload, format="json", headers={"X-Tenant": "globex"}
+        case.list_url(), payload, format=case.create_format, headers={"X-Tenant": "globex"}
     )
     assert response.status_code == 403
     assert case.model.objects.count() == count
@@ -158,6 +158,6 @@ def test_an_anonymous_client_cannot_read_or_change_an_object(case: ApiCase, meth
 def test_an_anonymous_client_cannot_create(case: ApiCase, acme):
     payload = case.create_payload(acme)
     count = case.model.objects.count()
-    response = client_as(None).post(case.list_url(), payload, format="json")
+    response = client_as(None).post(case.list_url(), payload, format=case.create_format)
     assert response.status_code in {401, 403}
     assert case.model.objects.count() == count
