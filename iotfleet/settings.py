@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "ota",
     "dashboards",
     "maintenance",
+    "reports",
 ]
 
 MIDDLEWARE = [
