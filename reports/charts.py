@@ -50,7 +50,7 @@ def devices_chart(devices: dict) -> bytes:
     axes.set_xlabel("devices")
     axes.set_title(f"Devices by status · uptime {devices['uptime_percent']:.2f} %", loc="left")
     if left:
-        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncols=3, frameon=False)
+        axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _png(figure)
 
 
@@ -60,20 +60,14 @@ def alerts_chart(alerts: dict) -> bytes:
     names = [row["severity"] for row in rows]
     positions = range(len(rows))
     width = 0.27
-    for offset, (key, label, alpha) in enumerate(
-        (
-            ("opened", "opened", 1.0),
-            ("acknowledged", "acknowledged", 0.6),
-            ("resolved", "resolved", 0.35),
-        )
-    ):
+    shades = (("opened", "#1f3b57"), ("acknowledged", "#417690"), ("resolved", "#9cc3d9"))
+    for offset, (key, colour) in enumerate(shades):
         axes.bar(
             [p + (offset - 1) * width for p in positions],
             [row[key] for row in rows],
             width,
-            color=[COLOURS[name] for name in names],
-            alpha=alpha,
-            label=label,
+            color=colour,
+            label=key,
         )
     axes.set_xticks(list(positions), names)
     axes.set_ylabel("alerts")
@@ -87,7 +81,7 @@ def ingest_chart(ingest: dict) -> bytes:
     hours = [datetime.fromisoformat(hour) for hour, _ in ingest["readings_per_hour"]]
     counts = [count for _, count in ingest["readings_per_hour"]]
     if hours:
-        axes.bar(hours, counts, width=1 / 24 * 0.9, align="edge", color=COLOURS["bars"])
+        axes.bar(hours, counts, width=1 / 24, align="edge", color=COLOURS["bars"], linewidth=0)
         figure.autofmt_xdate()
     axes.set_ylabel("readings per hour")
     axes.set_title(f"Readings stored · {ingest['readings']:,} in all", loc="left")
@@ -117,6 +111,21 @@ def health_chart(risk: dict) -> bytes:
     return _png(figure)
 
 
+def rollouts_chart(rollouts: dict) -> bytes:
+    rows = list(reversed(rollouts["rollouts"][:10]))
+    figure, axes = _figure(0.8 + 0.35 * len(rows))
+    left = [0] * len(rows)
+    for key, colour in (("succeeded", "online"), ("failed", "offline"), ("unfinished", "info")):
+        values = [row[key] for row in rows]
+        axes.barh(range(len(rows)), values, left=left, color=COLOURS[colour], label=key)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    axes.set_yticks(range(len(rows)), [f"{r['name']} ({r['release']})" for r in rows], fontsize=8)
+    axes.set_xlabel("devices")
+    axes.set_title("Firmware rollouts: devices updated, failed, not finished", loc="left")
+    axes.legend(frameon=False, fontsize=8)
+    return _png(figure)
+
+
 def report_charts(figures: dict) -> dict[str, bytes]:
     """Every chart the figures call for; a section with nothing to show has no chart."""
     charts = {
@@ -124,6 +133,8 @@ def report_charts(figures: dict) -> dict[str, bytes]:
         "alerts": alerts_chart(figures["alerts"]),
         "ingest": ingest_chart(figures["ingest"]),
     }
+    if figures["rollouts"]["rollouts"]:
+        charts["rollouts"] = rollouts_chart(figures["rollouts"])
     if figures["ingest"]["rejected_by_reason"]:
         charts["rejections"] = rejections_chart(figures["ingest"])
     if any(figures["risk"]["health_bands"].values()):

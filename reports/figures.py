@@ -7,7 +7,7 @@ each one on a fixture fleet.
   over the time they existed in the period;
 - alerts opened in the period, by severity (and kind): how many were acknowledged and resolved
   (by the time the report is made), median minutes to acknowledge and to resolve, still open;
-- rollouts started in the period and their outcomes (the OTA app's; see `rollout_figures`);
+- firmware rollouts that ran in the period, with their devices' outcomes (ota app);
 - devices at risk now (predictive maintenance) and the fleet's health bands;
 - ingest: readings stored per hour, and messages rejected, grouped by reason (the reason's words
   with the specifics, numbers and quoted values, blanked out: "metric '…' is not a finite
@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.apps import apps
 from django.db import connection
 from django.db.models import Count
 
@@ -67,8 +66,6 @@ class AlertFigures:
 
 @dataclass
 class RolloutFigures:
-    available: bool = False
-    note: str = ""
     started: int = 0
     rollouts: list[dict[str, Any]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -185,30 +182,50 @@ def alert_figures(tenant: Tenant, start: datetime, end: datetime) -> AlertFigure
 
 
 def rollout_figures(tenant: Tenant, start: datetime, end: datetime) -> RolloutFigures:
-    """Rollouts started in the period and how they ended.
+    """Rollouts that ran during the period (started before its end, not finished before its
+    start), each with its release, status and its devices' updates by outcome; `outcomes`
+    counts the rollouts by status. One query for the rollouts, one for their updates."""
+    from ota.models import FAILURES, DeviceUpdate, Rollout, UpdateState
 
-    The hook for the OTA app (issue 6): when `ota.Rollout` exists, rollouts of the tenant
-    created in the period are counted by `state`, and each is listed with its name, state and,
-    when the model offers them, the counts of devices updated and failed
-    (`Rollout.report_row()` if it has one). Until then the section says it is not available.
-    """
-    try:
-        rollout_model = apps.get_model("ota", "Rollout")
-    except LookupError:
-        return RolloutFigures(
-            available=False, note="Firmware rollouts are not recorded on this installation yet."
-        )
     rollouts = list(
-        rollout_model._default_manager.filter(
-            tenant_id=tenant.pk, created_at__gte=start, created_at__lt=end
-        ).order_by("created_at")
+        Rollout.objects.for_tenant(tenant)
+        .filter(started_at__isnull=False, started_at__lt=end)
+        .exclude(finished_at__lt=start)
+        .select_related("release")
+        .order_by("started_at", "pk")
     )
-    figures = RolloutFigures(available=True, started=len(rollouts))
+    figures = RolloutFigures()
+    counts: dict[int, dict[str, int]] = {r.pk: {} for r in rollouts}
+    for rollout_id, state, n in (
+        DeviceUpdate.objects.filter(rollout__in=rollouts)
+        .order_by()
+        .values("rollout_id", "state")
+        .annotate(n=Count("pk"))
+        .values_list("rollout_id", "state", "n")
+    ):
+        counts[rollout_id][state] = n
     for rollout in rollouts:
-        row = rollout.report_row() if hasattr(rollout, "report_row") else {}
-        state = str(getattr(rollout, "state", getattr(rollout, "status", "")))
-        figures.rollouts.append({"name": str(rollout), "state": state, **row})
-        figures.outcomes[state] = figures.outcomes.get(state, 0) + 1
+        states = counts[rollout.pk]
+        figures.started += start <= rollout.started_at < end
+        figures.outcomes[rollout.status] = figures.outcomes.get(rollout.status, 0) + 1
+        figures.rollouts.append(
+            {
+                "name": rollout.name,
+                "release": rollout.release.version,
+                "status": rollout.status,
+                "started_at": rollout.started_at.isoformat(),
+                "finished_at": rollout.finished_at.isoformat() if rollout.finished_at else None,
+                "devices": sum(states.values()),
+                "succeeded": states.get(UpdateState.SUCCEEDED, 0),
+                "failed": sum(states.get(state, 0) for state in FAILURES),
+                "cancelled": states.get(UpdateState.CANCELLED, 0),
+                "unfinished": sum(
+                    n
+                    for state, n in states.items()
+                    if state not in {UpdateState.SUCCEEDED, UpdateState.CANCELLED, *FAILURES}
+                ),
+            }
+        )
     return figures
 
 

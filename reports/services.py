@@ -107,9 +107,24 @@ def csv_rows(figures: dict[str, Any]) -> list[list[Any]]:
             if name != "severity"
         ]
     rollouts = figures["rollouts"]
-    rows.append(["rollouts", "", "available", rollouts["available"]])
+    rows.append(["rollouts", "", "ran", len(rollouts["rollouts"])])
     rows.append(["rollouts", "", "started", rollouts["started"]])
-    rows += [["rollouts", f"state:{s}", "rollouts", n] for s, n in rollouts["outcomes"].items()]
+    rows += [["rollouts", f"status:{s}", "rollouts", n] for s, n in rollouts["outcomes"].items()]
+    for rollout in rollouts["rollouts"]:
+        rows += [
+            ["rollout", rollout["name"], name, "" if rollout[name] is None else rollout[name]]
+            for name in (
+                "release",
+                "status",
+                "started_at",
+                "finished_at",
+                "devices",
+                "succeeded",
+                "failed",
+                "cancelled",
+                "unfinished",
+            )
+        ]
     risk = figures["risk"]
     rows.append(["risk", "", "devices_at_risk", risk["at_risk"]])
     rows += [["risk", f"health:{band}", "devices", n] for band, n in risk["health_bands"].items()]
@@ -178,10 +193,13 @@ def text_summary(report: FleetReport) -> str:
                 f"acknowledged (median {'-' if ack is None else f'{ack:.1f} min'}), "
                 f"{row['resolved']} resolved (median {'-' if done is None else f'{done:.1f} min'})"
             )
-    rollouts = f["rollouts"]
-    lines.append(
-        f"Rollouts started: {rollouts['started']}." if rollouts["available"] else rollouts["note"]
-    )
+    lines.append(f"Firmware rollouts that ran: {len(f['rollouts']['rollouts'])}.")
+    for rollout in f["rollouts"]["rollouts"]:
+        lines.append(
+            f"  {rollout['name']} ({rollout['release']}, {rollout['status']}): "
+            f"{rollout['succeeded']} of {rollout['devices']} devices updated, "
+            f"{rollout['failed']} failed"
+        )
     lines.append(f"Devices at risk: {f['risk']['at_risk']}.")
     for device in f["risk"]["devices"][:10]:
         when = "past the threshold" if device["crossed"] else f"in {device['days_left']} days"

@@ -12,6 +12,7 @@ from django.db import connection
 from alerts.models import Alert, AlertKind, AlertState
 from devices.models import Device, DeviceStatus, Metric, Tenant
 from maintenance.models import MaintenancePrediction
+from ota.models import DeviceUpdate, FirmwareRelease, Rollout, RolloutStatus, UpdateState
 from rules.models import Severity
 from telemetry.models import RejectedMessage
 from tests.factories import make_device
@@ -189,4 +190,54 @@ def fleet(acme, globex) -> Fleet:
     prediction(d["two"], temperature, 90.0, False)
     prediction(d["three"], temperature, 60.0, False)
     prediction(d["globex"], globex_temperature, 10.0, True)
+    rollouts(acme, globex, d)
     return Fleet(acme, globex, d)
+
+
+def rollouts(acme: Tenant, globex: Tenant, d: dict[str, Device]) -> None:
+    """Ran in the period: "Still going" (running since before it: 1 cancelled), "Canary"
+    (started and completed in it: 2 updated, 1 failed, 1 timed out), "Wave 2" (started in it,
+    running: 1 updated, 1 installing, 1 queued). Not: one finished before, a draft, Globex's."""
+    release = FirmwareRelease.objects.create(
+        tenant=acme, version="2.1.0", file="firmware/acme/2.1.0/fw.bin", sha256="0" * 64
+    )
+
+    def rollout(name, status, started=None, finished=None, tenant=acme, on=release):
+        return Rollout.objects.create(
+            tenant=tenant,
+            name=name,
+            release=on,
+            status=status,
+            started_at=started,
+            finished_at=finished,
+        )
+
+    def updates(rollout_, *pairs):
+        for device_name, state in pairs:
+            DeviceUpdate.objects.create(
+                rollout=rollout_, device=d[device_name], wave=1, state=state, queued_at=START
+            )
+
+    still = rollout("Still going", RolloutStatus.RUNNING, START - timedelta(days=1))
+    updates(still, ("one", UpdateState.CANCELLED))
+    canary = rollout("Canary", RolloutStatus.COMPLETED, START + hours(1), START + hours(5))
+    updates(
+        canary,
+        ("one", UpdateState.SUCCEEDED),
+        ("two", UpdateState.SUCCEEDED),
+        ("three", UpdateState.FAILED),
+        ("four", UpdateState.TIMED_OUT),
+    )
+    wave = rollout("Wave 2", RolloutStatus.RUNNING, START + hours(6))
+    updates(
+        wave,
+        ("one", UpdateState.SUCCEEDED),
+        ("two", UpdateState.INSTALLING),
+        ("three", UpdateState.QUEUED),
+    )
+    rollout("Old", RolloutStatus.COMPLETED, START - timedelta(days=3), START - timedelta(days=2))
+    rollout("Draft", RolloutStatus.DRAFT)
+    globex_release = FirmwareRelease.objects.create(
+        tenant=globex, version="9.0.0", file="firmware/globex/9.0.0/fw.bin", sha256="1" * 64
+    )
+    rollout("Globex's", RolloutStatus.RUNNING, START + hours(1), tenant=globex, on=globex_release)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.apps import apps
-
-from reports.figures import fleet_figures, rollout_figures
+from reports.figures import fleet_figures
 from tests.reports.conftest import END, START
 
 
@@ -66,15 +64,28 @@ def test_ingest_volume_per_hour_and_rejections_by_reason(fleet):
     ]
 
 
-def test_rollouts_say_when_the_ota_app_records_none(fleet, monkeypatch):
-    def no_rollouts(app_label, model_name=None):
-        raise LookupError(model_name)
-
-    monkeypatch.setattr(apps, "get_model", no_rollouts)
-    rollouts = rollout_figures(fleet.acme, START, END)
-    assert rollouts.available is False
-    assert "not recorded" in rollouts.note
-    assert (rollouts.started, rollouts.rollouts) == (0, [])
+def test_rollouts_that_ran_in_the_period_with_their_outcomes(fleet):
+    rollouts = fleet_figures(fleet.acme, START, END).rollouts
+    assert rollouts.started == 2
+    assert rollouts.outcomes == {"running": 2, "completed": 1}
+    assert [
+        (
+            r["name"],
+            r["status"],
+            r["devices"],
+            r["succeeded"],
+            r["failed"],
+            r["cancelled"],
+            r["unfinished"],
+        )
+        for r in rollouts.rollouts
+    ] == [
+        ("Still going", "running", 1, 0, 0, 1, 0),
+        ("Canary", "completed", 4, 2, 2, 0, 0),
+        ("Wave 2", "running", 3, 1, 0, 0, 2),
+    ]
+    assert rollouts.rollouts[1]["release"] == "2.1.0"
+    assert rollouts.rollouts[1]["finished_at"] == (START + timedelta(hours=5)).isoformat()
 
 
 def test_another_tenants_report_counts_only_its_own_rows(fleet):
@@ -85,3 +96,4 @@ def test_another_tenants_report_counts_only_its_own_rows(fleet):
     assert figures.ingest.readings == 1
     assert figures.ingest.rejected == 1
     assert figures.risk.at_risk == 1
+    assert [r["name"] for r in figures.rollouts.rollouts] == ["Globex's"]

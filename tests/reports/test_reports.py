@@ -43,12 +43,12 @@ def test_a_report_is_stored_with_its_figures_charts_and_html(fleet):
     report = generate_report(fleet.acme, end=END)
     assert (report.period_start, report.period_end) == (START, END)
     assert report.figures["devices"]["uptime_percent"] == 91.07
-    assert set(report.charts) == {"devices", "alerts", "ingest", "rejections", "health"}
-    assert report.html.count('src="data:image/png;base64,') == 5
+    assert set(report.charts) == {"devices", "alerts", "rollouts", "ingest", "rejections", "health"}
+    assert report.html.count('src="data:image/png;base64,') == 6
     assert "Fleet report · Acme Cold Chain" in report.html
     assert "91.07 %" in report.html
     assert "no valid reading: metric &#x27;…&#x27; is not a finite number" in report.html
-    assert "Firmware rollouts" in report.html
+    assert "<td>Canary</td><td>2.1.0</td><td>completed</td>" in report.html
 
 
 def test_the_csv_holds_every_figure(fleet):
@@ -68,6 +68,10 @@ def test_the_csv_holds_every_figure(fleet):
     assert figures["ingest", (START + timedelta(hours=1)).isoformat(), "readings"] == "13"
     assert figures["ingest", "", "rejected"] == "6"
     assert figures["rejected", "bad JSON: Expecting value at line N column N", "messages"] == "3"
+    assert figures["rollouts", "", "started"] == "2"
+    assert figures["rollouts", "status:running", "rollouts"] == "2"
+    assert figures["rollout", "Canary", "failed"] == "2"
+    assert figures["rollout", "Wave 2", "unfinished"] == "2"
 
 
 def test_the_email_goes_to_enabled_recipients_with_inline_charts_and_the_csv(
@@ -81,6 +85,7 @@ def test_the_email_goes_to_enabled_recipients_with_inline_charts_and_the_csv(
     assert "uptime 91.07 %, 3 outages" in message.body
     assert "critical: 3 opened, 2 acknowledged (median 15.0 min), 1 resolved" in message.body
     assert "3 x bad JSON: Expecting value at line N column N" in message.body
+    assert "Canary (2.1.0, completed): 2 of 4 devices updated, 2 failed" in message.body
     [(filename, content, mimetype)] = message.attachments
     assert filename == report.filename("csv")
     assert (content, mimetype) == (report.csv, "text/csv")
@@ -102,6 +107,7 @@ def test_the_email_goes_to_enabled_recipients_with_inline_charts_and_the_csv(
         "<health>",
         "<ingest>",
         "<rejections>",
+        "<rollouts>",
     ]
     assert images[0].get_payload(decode=True).startswith(b"\x89PNG")
     report.refresh_from_db()
