@@ -7,6 +7,7 @@ admin.site.index_title = "Fleet administration"
 
 urlpatterns = [
     path("", include("dashboards.urls")),
+    path("maintenance/", include("maintenance.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("iotfleet.api_urls")),
     path("ota/", include("ota.urls")),

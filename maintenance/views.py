@@ -1,0 +1,54 @@
+"""The fleet's "at risk" list at /maintenance/at-risk/ (with the partial its live refresh
+re-fetches on `maintenance.scored`) and a device's health at /maintenance/devices/<key>/ (the
+same section the dashboards' device page includes with `{% device_health device %}`)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET
+
+from devices.models import Device
+from maintenance.models import MaintenancePrediction
+
+LISTED = 200
+
+
+def at_risk_context(request: HttpRequest) -> dict:
+    predictions = MaintenancePrediction.objects.for_user(request.user).select_related(
+        "device", "metric", "tenant"
+    )
+    show_all = request.GET.get("show") == "all"
+    listed = predictions if show_all else predictions.at_risk()
+    rows = list(listed.worst_first()[:LISTED])
+    health = predictions.device_health()
+    return {
+        "rows": rows,
+        "show_all": show_all,
+        "truncated": listed.count() > LISTED,
+        "scored_devices": len(health),
+        "at_risk_devices": predictions.at_risk().values("device").distinct().count(),
+        "crossed": predictions.filter(crossed=True).values("device").distinct().count(),
+        "healthy": sum(1 for value in health.values() if value >= 80),
+        "last_scored": max((row.scored_at for row in rows), default=None),
+    }
+
+
+@require_GET
+@login_required
+def at_risk(request: HttpRequest) -> HttpResponse:
+    return render(request, "maintenance/at_risk.html", at_risk_context(request))
+
+
+@require_GET
+@login_required
+def at_risk_table(request: HttpRequest) -> HttpResponse:
+    return render(request, "maintenance/partials/at_risk_table.html", at_risk_context(request))
+
+
+@require_GET
+@login_required
+def device_health(request: HttpRequest, key: str) -> HttpResponse:
+    device = get_object_or_404(Device.objects.for_user(request.user), key=key)
+    return render(request, "maintenance/device_health.html", {"device": device})
