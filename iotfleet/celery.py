@@ -4,7 +4,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotfleet.settings")
 
@@ -19,3 +19,17 @@ def quiet_per_task_lines(**_: object) -> None:
     task would drown the log. Failures and retries are still logged."""
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def recycle_database_connections(task: object = None, **_: object) -> None:
+    """Around every task what Django does around every request: a connection past CONN_MAX_AGE,
+    or left unusable by an error, is closed (the next query opens a fresh one), and a kept one
+    is health-checked before its next use. Not for eager tasks, which run inside the caller's
+    transaction. (Tasks here run without time limits, so no query is cut short by a signal.)"""
+    if getattr(getattr(task, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -133,6 +133,12 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fix-up closes the database connection before and after every task (Celery 5.6
+# went back to that, celery#9824): every ingest batch paid a new PostgreSQL backend, with cold
+# caches and its staging table to create again. Workers keep their connection as the web process
+# does (CONN_MAX_AGE, health checks, closed after an error: iotfleet/celery.py); the fix-up
+# closes it only every this many tasks.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Unacknowledged tasks are redelivered after this long; the default (1 h) would hold a dead
 # worker's batch back for an hour.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

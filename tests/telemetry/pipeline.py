@@ -104,7 +104,6 @@ class Pipeline:
     def env(self, **extra: str) -> dict[str, str]:
         return {
             "DATABASE_URL": self.database_url,
-            "DATABASE_CONN_MAX_AGE": "0",
             "REDIS_URL": self.redis.url,
             "CELERY_BROKER_URL": self.redis.url,
             "CELERY_RESULT_BACKEND": self.redis.url,

@@ -124,6 +124,29 @@ def test_nothing_is_lost_or_doubled_when_postgres_crashes_mid_stream(pipeline, p
     assert "database unavailable" in output_of(worker), "the outage never reached the worker"
 
 
+def test_the_worker_keeps_its_database_connection_from_batch_to_batch(pipeline, publisher):
+    # Celery's Django fix-up would open a PostgreSQL backend per batch (see iotfleet/celery.py).
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    first = stream_of(100)
+    for _ in publisher.stream(first, seconds=0.2):
+        pass
+    pipeline.wait_for_readings(len(first) * METRICS_PER_MESSAGE)
+    backends = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    serving = {pid for (pid,) in pipeline.query(backends)}
+    assert serving, "the worker holds no connection between batches"
+
+    more = stream_of(2000, start_ms=int(time.time() * 1000) - 30_000)
+    for _ in publisher.stream(more, seconds=2):
+        pass
+    publisher.wait_all_acknowledged()
+    pipeline.wait_for_readings((len(first) + len(more)) * METRICS_PER_MESSAGE)
+    assert serving & {pid for (pid,) in pipeline.query(backends)}, "every connection was replaced"
+
+
 def test_sigterm_hands_over_what_the_worker_holds_and_exits_cleanly(pipeline, publisher):
     pipeline.start_worker()
     # A batch that would not flush by itself for a minute: only SIGTERM's flush stores it.
