@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Count
+from django.utils import timezone
 
 from alerts.models import Alert, AlertState
+from dashboards.charts import Point, time_chart
 from devices.models import Device, DeviceStatus, Tenant
 from rules.models import Severity
+from telemetry.rates import SLOT_SECONDS, ingest_rates
 
 STATUSES = [DeviceStatus.ONLINE, DeviceStatus.OFFLINE, DeviceStatus.MAINTENANCE]
 SEVERITIES = [Severity.CRITICAL, Severity.WARNING, Severity.INFO]
@@ -151,3 +155,29 @@ def recent_alerts(user: Any, limit: int = 8) -> list[Alert]:
         .select_related("device")
         .order_by("-last_triggered_at")[:limit]
     )
+
+
+INGEST_WINDOW = timedelta(minutes=30)
+
+
+def ingest_panel(user: Any) -> dict[str, Any]:
+    """Readings stored per second for the user's tenants: the last minute, and a chart of the
+    last half hour in 10-second slots (telemetry/rates.py)."""
+    tenant_ids = list(Tenant.objects.for_user(user).values_list("pk", flat=True))
+    rate = ingest_rates(tenant_ids, window_seconds=int(INGEST_WINDOW.total_seconds()))
+    end = timezone.now()
+    points = [
+        Point(datetime.fromtimestamp(start, tz=UTC), value) for start, value in rate.slots if value
+    ]
+    chart = time_chart(
+        points,
+        end - INGEST_WINDOW,
+        end,
+        unit="readings/s",
+        bucket=timedelta(seconds=SLOT_SECONDS),
+        title="Readings stored per second, last 30 minutes",
+        width=1200,
+        height=190,
+        include_zero=True,
+    )
+    return {"ingest_rate": rate, "ingest_chart": chart}

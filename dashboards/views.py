@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from dashboards.fleet import fleet_summary, recent_alerts
+from dashboards.fleet import fleet_summary, ingest_panel, recent_alerts
 
 
 def _status_context(request: HttpRequest) -> dict:
@@ -17,7 +17,14 @@ def _status_context(request: HttpRequest) -> dict:
 @require_GET
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboards/overview.html", _status_context(request))
+    context = {**_status_context(request), **ingest_panel(request.user)}
+    return render(request, "dashboards/overview.html", context)
+
+
+@require_GET
+@login_required
+def overview_ingest(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboards/partials/ingest.html", ingest_panel(request.user))
 
 
 @require_GET

@@ -8,9 +8,9 @@ from typing import Any
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
-from .models import Device, DeviceShadow, Tenant
+from .models import Device, DeviceGroup, DeviceShadow, DeviceStatus, DeviceType, Tenant
 
 
 def _reject_constant(name: str) -> Any:
@@ -246,3 +246,167 @@ class DeviceImportForm(forms.Form):
         only = list(tenants[:2])
         if len(only) == 1:
             self.fields["tenant"].initial = only[0].pk
+
+
+# --- Dashboard pages ------------------------------------------------------------------------------
+
+DEVICE_SORTS = {
+    "key": ("key",),
+    "name": ("name", "key"),
+    "-last_seen": ("-last_seen", "key"),
+    "status": ("status", "key"),
+    "type": ("device_type__name", "key"),
+}
+
+
+class DeviceFilterForm(forms.Form):
+    """The device list's search and filters (GET). A value that is not valid (another tenant's
+    group, an unknown status) is shown as an error and left out of the filter."""
+
+    q = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Search",
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "Key, name, location or tag"}
+        ),
+    )
+    status = forms.ChoiceField(choices=[("", "Any status"), *DeviceStatus.choices], required=False)
+    alerting = forms.BooleanField(required=False, label="Only alerting")
+    type = forms.ModelChoiceField(
+        queryset=DeviceType.objects.none(), required=False, empty_label="Any type"
+    )
+    group = forms.ChoiceField(required=False)
+    sort = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("key", "Key"),
+            ("name", "Name"),
+            ("-last_seen", "Last seen"),
+            ("status", "Status"),
+            ("type", "Type"),
+        ],
+    )
+
+    def __init__(self, data: Any, user: Any) -> None:
+        super().__init__(data)
+        self.fields["type"].queryset = DeviceType.objects.for_user(user).select_related("tenant")
+        groups = DeviceGroup.objects.for_user(user).values_list("pk", "name")
+        self.fields["group"].choices = [
+            ("", "Any group"),
+            ("none", "No group"),
+            *((str(pk), name) for pk, name in groups),
+        ]
+
+    def filter(self, devices: QuerySet) -> QuerySet:
+        data = self.cleaned_data if self.is_bound else {}
+        if data.get("q"):
+            text = data["q"].strip()
+            devices = devices.filter(
+                Q(key__icontains=text)
+                | Q(name__icontains=text)
+                | Q(location__icontains=text)
+                | Q(tags__contains=[text])
+            )
+        if data.get("status"):
+            devices = devices.filter(status=data["status"])
+        if data.get("alerting"):
+            from alerts.models import Alert, AlertState  # alerts builds on devices
+
+            devices = devices.filter(
+                pk__in=Alert.objects.exclude(state=AlertState.RESOLVED).values("device_id")
+            )
+        if data.get("type"):
+            devices = devices.filter(device_type=data["type"])
+        if data.get("group") == "none":
+            devices = devices.filter(groups__isnull=True)
+        elif data.get("group"):
+            devices = devices.filter(groups=int(data["group"]))
+        return devices.order_by(*DEVICE_SORTS.get(data.get("sort") or "key", ("key",)))
+
+    @property
+    def narrows_by_state(self) -> bool:
+        """Whether rows may come and go as devices change state (not only change in place)."""
+        data = self.cleaned_data if self.is_bound else {}
+        return bool(
+            data.get("status")
+            or data.get("alerting")
+            or data.get("sort") in {"-last_seen", "status"}
+        )
+
+
+class DesiredEditForm(forms.Form):
+    """The device page's edit of the whole desired state. Refused if someone else changed the
+    desired state since the page was loaded (reports from the device do not count)."""
+
+    desired = JSONObjectField(
+        example='{"reporting_interval": 30}',
+        help_text="The whole desired state as a JSON object; the device receives what differs "
+        "from what it reports.",
+    )
+    seen = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args: Any, shadow: DeviceShadow | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shadow = shadow
+        current = shadow.desired if shadow else {}
+        self.fields["desired"].initial = current
+        self.fields["seen"].initial = json.dumps(current, sort_keys=True)
+        self.fields["desired"].widget.attrs.update({"rows": 8, "class": ""})
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        try:
+            seen = json.loads(cleaned.get("seen") or "{}")
+        except ValueError:
+            seen = None
+        current = self.shadow.desired if self.shadow else {}
+        if seen != current:
+            raise ValidationError(
+                "Someone changed the desired state since you opened this page: check the "
+                "current state (shown above) and apply your change again."
+            )
+        return cleaned
+
+
+class CommandForm(forms.Form):
+    name = forms.CharField(
+        max_length=64,
+        widget=forms.TextInput(attrs={"placeholder": "e.g. reboot", "list": "command-names"}),
+    )
+    params = JSONObjectField(
+        label="Parameters",
+        example='{"level": 2}',
+        initial=dict,
+        help_text="A JSON object; empty for none.",
+    )
+    timeout = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=7 * 86400,
+        label="Answer within (s)",
+        widget=forms.NumberInput(attrs={"placeholder": "60"}),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["params"].widget.attrs.update({"rows": 3, "class": ""})
+
+
+class GroupDesiredForm(forms.Form):
+    patch = JSONObjectField(
+        label="Change",
+        example='{"reporting_interval": 30}',
+        help_text="Merged into the desired state of the group and of each of its devices; a "
+        "null removes a key.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["patch"].widget.attrs.update({"rows": 4, "class": ""})
+
+    def clean_patch(self) -> dict:
+        patch = self.cleaned_data["patch"]
+        if not patch:
+            raise ValidationError('Give at least one key, e.g. {"reporting_interval": 30}.')
+        return patch

@@ -256,6 +256,14 @@ class DeviceGroup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="device_groups")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
+    desired = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="Desired state set once for the group's devices "
+        "(devices.services.update_group_desired); each device's shadow holds it too.",
+    )
+    desired_updated_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TenantQuerySet.as_manager()
@@ -268,6 +276,12 @@ class DeviceGroup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def get_absolute_url(self) -> str:
+        """The group's dashboard page: its desired state and which devices caught up."""
+        from django.urls import reverse
+
+        return reverse("devices:group", args=[self.pk])
 
 
 class DeviceStatus(models.TextChoices):
@@ -329,6 +343,12 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.key})"
+
+    def get_absolute_url(self) -> str:
+        """The device's dashboard page (the admin's "View on site" links to it)."""
+        from django.urls import reverse
+
+        return reverse("devices:detail", args=[self.key])
 
     def clean(self) -> None:
         errors = {}
@@ -430,3 +450,80 @@ class DeviceShadow(models.Model):
             self.reported_updated_at = now
         self.delta = shadow_delta(self.desired, self.reported)
         self.version += 1
+
+
+class CommandState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SENT = "sent", "Sent"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+
+
+# States a command leaves only by the device's answer, a failure to publish, or its deadline.
+PENDING_COMMAND_STATES = (CommandState.QUEUED, CommandState.SENT)
+
+command_name_validator = RegexValidator(
+    r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+    "Name the command with letters, digits, '_', '.' or '-', starting with a letter "
+    "(e.g. reboot or set_led).",
+)
+
+
+class CommandQuerySet(TenantQuerySet):
+    def pending(self) -> CommandQuerySet:
+        return self.filter(state__in=PENDING_COMMAND_STATES)
+
+    def overdue(self, now: Any = None) -> CommandQuerySet:
+        """Pending commands whose device has not answered by their deadline."""
+        return self.pending().filter(expires_at__lt=now or timezone.now())
+
+
+class Command(models.Model):
+    """A message the platform sends a device (`fleet/{key}/commands/{id}`), and its answer.
+
+    queued → sent (the broker took it) → acknowledged or failed (the device's answer on
+    `fleet/{key}/commands/{id}/ack`); failed too if it could not be published; timed out if no
+    answer came by `expires_at`. Change it only through devices/services.py.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="commands")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    name = models.CharField(max_length=64, validators=[command_name_validator])
+    params = models.JSONField(default=dict, blank=True)
+    state = models.CharField(
+        max_length=12, choices=CommandState.choices, default=CommandState.QUEUED, db_index=True
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(help_text="Timed out if the device has not answered by then.")
+    result = models.JSONField(null=True, blank=True, help_text="What the device answered.")
+    error = models.TextField(blank=True, help_text="Why it failed or timed out.")
+
+    objects = CommandQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["device", "-created_at"], name="command_device_time"),
+            models.Index(
+                fields=["expires_at"],
+                name="command_pending_expiry",
+                condition=models.Q(state__in=["queued", "sent"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} to {self.device_id} ({self.state})"
+
+    @property
+    def topic(self) -> str:
+        return f"fleet/{self.device.key}/commands/{self.pk}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state in PENDING_COMMAND_STATES

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from . import broker_accounts
+from iotfleet import live
+
+from . import broker_accounts, publishing
 from .broker_accounts import DeviceAccount
 from .credentials import hash_secret, new_secret
 from .models import (
+    PENDING_COMMAND_STATES,
+    Command,
+    CommandState,
     Device,
     DeviceGroup,
     DeviceShadow,
@@ -23,7 +34,12 @@ from .models import (
     Membership,
     Role,
     Tenant,
+    command_name_validator,
+    merge_state,
+    shadow_delta,
 )
+
+log = logging.getLogger(__name__)
 
 
 class ShadowVersionConflict(Exception):
@@ -313,6 +329,7 @@ def update_desired(
         raise ShadowVersionConflict(shadow.version)
     shadow.apply(desired=patch)
     shadow.save()
+    _desired_changed([device])
     return shadow
 
 
@@ -322,6 +339,7 @@ def update_reported(device: Device, patch: dict) -> DeviceShadow:
     shadow = _locked_shadow(device)
     shadow.apply(reported=patch)
     shadow.save()
+    _push_shadows([device])
     return shadow
 
 
@@ -339,4 +357,305 @@ def replace_desired(
     shadow.desired = {}
     shadow.apply(desired=desired)
     shadow.save()
+    _desired_changed([device])
     return shadow
+
+
+# --- Desired state to the devices ---------------------------------------------------------------
+
+DESIRED_TOPIC = "fleet/{key}/shadow/desired"
+
+
+def desired_message(device: Device, shadow: DeviceShadow) -> dict[str, Any]:
+    """What a device finds (retained) on fleet/{key}/shadow/desired: the whole desired state, the
+    part of it it does not report yet, and the version to report back against."""
+    return {
+        "version": shadow.version,
+        "state": shadow.desired,
+        "delta": shadow.delta,
+        "timestamp": (shadow.desired_updated_at or timezone.now()).isoformat(),
+    }
+
+
+def _desired_changed(devices: Sequence[Device]) -> None:
+    """On commit: publish the devices' desired state (a Celery task) and tell the dashboards."""
+    ids = sorted({device.pk for device in devices})
+    if not ids:
+        return
+
+    def queue() -> None:
+        from devices.tasks import publish_desired_task
+
+        publish_desired_task.delay(ids)
+
+    transaction.on_commit(queue, robust=True)
+    _push_shadows(devices)
+
+
+def _push_shadows(devices: Sequence[Device]) -> None:
+    by_tenant: dict[int, list[str]] = defaultdict(list)
+    for device in devices:
+        by_tenant[device.tenant_id].append(device.key)
+    live.push_many(
+        (tenant_id, "shadow.changed", {"devices": keys}) for tenant_id, keys in by_tenant.items()
+    )
+
+
+def publish_desired(device_ids: Sequence[int]) -> int:
+    """Publish the current desired state of each device, retained, over one MQTT connection;
+    returns how many. What is read now is sent, so a late or repeated task sends the latest
+    state, never an older one. Raises publishing.PublishError."""
+    shadows = DeviceShadow.objects.filter(device_id__in=device_ids).select_related("device")
+    messages = [
+        publishing.Outgoing(
+            topic=DESIRED_TOPIC.format(key=shadow.device.key),
+            payload=json.dumps(desired_message(shadow.device, shadow), separators=(",", ":")),
+            retain=True,
+        )
+        for shadow in shadows
+    ]
+    return publishing.publish(messages)
+
+
+@transaction.atomic
+def update_group_desired(group: DeviceGroup, patch: dict) -> int:
+    """Merge `patch` into the group's desired state and into the desired shadow of each of its
+    devices (null removes a key), then publish them all at once; returns how many devices.
+
+    Devices added to the group later do not get it by themselves: set it again."""
+    if not isinstance(patch, dict) or not patch:
+        raise ValidationError({"desired": 'Give a JSON object, e.g. {"reporting_interval": 30}.'})
+    DeviceGroup.objects.select_for_update().filter(pk=group.pk).get()
+    group.desired = merge_state(group.desired or {}, patch)
+    group.desired_updated_at = timezone.now()
+    group.save(update_fields=["desired", "desired_updated_at"])
+    devices = list(group.devices.order_by("pk"))
+    DeviceShadow.objects.bulk_create(
+        [DeviceShadow(device=device) for device in devices], ignore_conflicts=True
+    )
+    shadows = list(
+        DeviceShadow.objects.select_for_update().filter(device__in=devices).order_by("device_id")
+    )
+    for shadow in shadows:
+        shadow.apply(desired=patch)
+    DeviceShadow.objects.bulk_update(
+        shadows, ["desired", "delta", "version", "desired_updated_at", "updated_at"]
+    )
+    _desired_changed(devices)
+    return len(shadows)
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """How far a group's devices are with the group's desired state."""
+
+    total: int
+    behind: list[tuple[Device, dict]]  # devices and what they do not report yet
+
+    @property
+    def caught_up(self) -> int:
+        return self.total - len(self.behind)
+
+
+def group_catch_up(group: DeviceGroup) -> CatchUp:
+    """Which of the group's devices do not report the group's desired state yet."""
+    desired = group.desired or {}
+    behind = []
+    devices = list(group.devices.select_related("shadow").order_by("key"))
+    for device in devices:
+        reported = getattr(device, "shadow", None)
+        missing = shadow_delta(desired, reported.reported if reported else {})
+        if missing:
+            behind.append((device, missing))
+    return CatchUp(total=len(devices), behind=behind)
+
+
+# --- Commands -----------------------------------------------------------------------------------
+
+COMMAND_PARAMS_MAX_BYTES = 4096
+
+
+class CommandRefused(ValidationError):
+    """The command cannot be sent as given (its name, parameters or timeout)."""
+
+
+def send_command(
+    device: Device,
+    name: str,
+    params: dict | None = None,
+    *,
+    user: Any = None,
+    timeout: timedelta | None = None,
+) -> Command:
+    """Queue a command for the device; a Celery task publishes it on fleet/{key}/commands/{id}
+    once this transaction commits. The device answers on .../commands/{id}/ack; without an
+    answer by `timeout` (COMMAND_TIMEOUT_SECONDS) it times out."""
+    params = {} if params is None else params
+    errors: dict[str, str] = {}
+    try:
+        command_name_validator(name)
+    except ValidationError as error:
+        errors["name"] = error.messages[0]
+    if not isinstance(params, dict):
+        errors["params"] = 'Parameters are a JSON object, e.g. {"level": 2}.'
+    elif len(json.dumps(params)) > COMMAND_PARAMS_MAX_BYTES:
+        errors["params"] = f"Parameters take at most {COMMAND_PARAMS_MAX_BYTES} bytes as JSON."
+    if timeout is None:
+        timeout = timedelta(seconds=settings.COMMAND_TIMEOUT_SECONDS)
+    if not timedelta(seconds=1) <= timeout <= timedelta(days=7):
+        errors["timeout"] = "Give the device between 1 second and 7 days to answer."
+    if not device.is_enabled:
+        errors["device"] = "The device is disabled: enable it before sending it commands."
+    if errors:
+        raise CommandRefused(errors)
+    with transaction.atomic():
+        command = Command.objects.create(
+            tenant_id=device.tenant_id,
+            device=device,
+            name=name,
+            params=params,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            expires_at=timezone.now() + timeout,
+        )
+        command_id = command.pk
+
+        def queue() -> None:
+            from devices.tasks import publish_command_task
+
+            publish_command_task.delay(command_id)
+
+        transaction.on_commit(queue, robust=True)
+        _push_commands([command])
+    return command
+
+
+def command_message(command: Command) -> dict[str, Any]:
+    return {
+        "id": command.pk,
+        "name": command.name,
+        "params": command.params,
+        "expires_at": command.expires_at.isoformat(),
+    }
+
+
+def publish_command(command_id: int) -> bool:
+    """Publish a queued command (QoS 1) and mark it sent; False if it was no longer queued (sent
+    already, answered or expired: a repeated task sends nothing twice). Raises PublishError."""
+    command = Command.objects.select_related("device").filter(pk=command_id).first()
+    if command is None or command.state != CommandState.QUEUED:
+        return False
+    if command.expires_at <= timezone.now():
+        expire_commands(timezone.now())
+        return False
+    publishing.publish(
+        [
+            publishing.Outgoing(
+                topic=command.topic,
+                payload=json.dumps(command_message(command), separators=(",", ":")),
+            )
+        ]
+    )
+    with transaction.atomic():
+        sent = Command.objects.filter(pk=command_id, state=CommandState.QUEUED).update(
+            state=CommandState.SENT, sent_at=timezone.now()
+        )
+        if sent:
+            command.refresh_from_db()
+            _push_commands([command])
+    return bool(sent)
+
+
+def fail_command(command_id: int, error: str) -> bool:
+    """A command that could not be published: queued → failed, with why."""
+    with transaction.atomic():
+        failed = Command.objects.filter(pk=command_id, state=CommandState.QUEUED).update(
+            state=CommandState.FAILED, answered_at=timezone.now(), error=error[:2000]
+        )
+        if failed:
+            _push_commands(list(Command.objects.filter(pk=command_id).select_related("device")))
+    return bool(failed)
+
+
+@dataclass(frozen=True)
+class CommandAnswer:
+    """A device's answer, as the ingest batch received it."""
+
+    device_id: int
+    command_id: int
+    ok: bool
+    result: Any
+    message: str
+    at: datetime
+
+
+def record_command_answers(answers: Sequence[CommandAnswer]) -> list[tuple[CommandAnswer, str]]:
+    """Store the devices' answers: a pending command of that device becomes acknowledged or
+    failed. Returns the answers that matched no pending command, with why (for the ingest to
+    record as rejected): a device can only answer its own commands, once, before they time
+    out."""
+    refused: list[tuple[CommandAnswer, str]] = []
+    done: list[int] = []
+    for answer in sorted(answers, key=lambda a: (a.command_id, a.at)):
+        updated = Command.objects.filter(
+            pk=answer.command_id, device_id=answer.device_id, state__in=PENDING_COMMAND_STATES
+        ).update(
+            state=CommandState.ACKNOWLEDGED if answer.ok else CommandState.FAILED,
+            answered_at=answer.at,
+            result=answer.result,
+            error="" if answer.ok else (answer.message or "the device reported an error"),
+        )
+        if updated:
+            done.append(answer.command_id)
+            continue
+        state = (
+            Command.objects.filter(pk=answer.command_id, device_id=answer.device_id)
+            .values_list("state", flat=True)
+            .first()
+        )
+        refused.append(
+            (
+                answer,
+                f"command #{answer.command_id} is not one of this device's"
+                if state is None
+                else f"command #{answer.command_id} was already {CommandState(state).label.lower()}"
+                ": the answer came too late or twice",
+            )
+        )
+    if done:
+        # Answered before the publishing task marked it sent: it was sent all the same.
+        Command.objects.filter(pk__in=done, sent_at__isnull=True).update(sent_at=F("answered_at"))
+        _push_commands(list(Command.objects.filter(pk__in=done).select_related("device")))
+    return refused
+
+
+def expire_commands(now: datetime) -> int:
+    """Pending commands past their deadline → timed out; returns how many."""
+    with transaction.atomic():
+        ids = list(
+            Command.objects.overdue(now)
+            .select_for_update(skip_locked=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return 0
+        count = Command.objects.filter(pk__in=ids, state__in=PENDING_COMMAND_STATES).update(
+            state=CommandState.TIMED_OUT,
+            answered_at=now,
+            error="The device did not answer in time: check that it is online and "
+            "subscribed to its commands topic (fleet/<key>/commands/+).",
+        )
+        _push_commands(list(Command.objects.filter(pk__in=ids).select_related("device")))
+    return count
+
+
+def _push_commands(commands: Sequence[Command]) -> None:
+    by_tenant: dict[int, list[dict]] = defaultdict(list)
+    for command in commands:
+        by_tenant[command.tenant_id].append(
+            {"id": command.pk, "device": command.device.key, "state": command.state}
+        )
+    live.push_many(
+        (tenant_id, "commands.changed", {"commands": items})
+        for tenant_id, items in by_tenant.items()
+    )

@@ -149,6 +149,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Installed into django-celery-beat's tables when beat starts; operators may retime them there.
 CELERY_BEAT_SCHEDULE = {
     "telemetry-partitions": {"task": "telemetry.maintain_partitions", "schedule": 3600.0},
+    "devices-expire-commands": {"task": "devices.expire_commands", "schedule": 15.0},
 }
 
 # --- Auth -------------------------------------------------------------------------------------
@@ -251,6 +252,10 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IoTFleet <iotfleet@l
 # Largest device CSV an operator may import at once.
 DEVICE_IMPORT_MAX_BYTES = env.int("DEVICE_IMPORT_MAX_BYTES", default=5 * 1024 * 1024)
 DEVICE_IMPORT_MAX_ROWS = env.int("DEVICE_IMPORT_MAX_ROWS", default=20_000)
+
+# Commands to devices (devices/services.py): a device that has not answered a command within this
+# many seconds (unless the sender gives another timeout) has it marked timed out.
+COMMAND_TIMEOUT_SECONDS = env.int("COMMAND_TIMEOUT_SECONDS", default=60)
 
 # --- Telemetry ----------------------------------------------------------------------------------
 # Where readings live: "auto" picks a TimescaleDB hypertable when the server has the extension and

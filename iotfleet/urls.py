@@ -7,6 +7,8 @@ admin.site.index_title = "Fleet administration"
 
 urlpatterns = [
     path("", include("dashboards.urls")),
+    path("devices/", include("devices.urls")),
+    path("alerts/", include("alerts.urls")),
     path("maintenance/", include("maintenance.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("iotfleet.api_urls")),

@@ -100,6 +100,8 @@ WINDOW_FUNCTIONS: dict[str, tuple[bool, bool]] = {
     "delta": (False, False),
 }
 FUNCTIONS = SCALAR_FUNCTIONS | frozenset(WINDOW_FUNCTIONS)
+# Window functions whose result reads on the metric's own scale (a chart can draw their limit).
+_ON_THE_VALUE_SCALE = frozenset({"avg"})
 _FUNCTION_LIST = ", ".join(sorted(FUNCTIONS))
 _WINDOW_EXAMPLES = {
     "avg": "avg(temperature, 10m)",
@@ -246,6 +248,29 @@ class Expression:
     def describe(self) -> str:
         """The canonical form, e.g. ``temperature > 80 and avg(humidity, 10m) < 20``."""
         return self._root.describe()
+
+    def thresholds(self) -> list[tuple[str, str, float, str]]:
+        """The condition's comparisons of a metric (bare, or in a window function) with a
+        constant, as (metric, operator, value, what is compared): `temperature > 80` gives
+        ("temperature", ">", 80.0, "temperature"); `5 < avg(t, 10m)` gives
+        ("t", ">", 5.0, "avg(t, 10m)"), the metric always on the left. Charts draw them, so
+        functions whose result is not on the metric's scale (a rate, a z-score) are left out."""
+        flipped = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+        found: list[tuple[str, str, float, str]] = []
+        for node in self._root.walk():
+            if not isinstance(node, _Comparison):
+                continue
+            for index, op in enumerate(node.ops):
+                left, right = node.operands[index], node.operands[index + 1]
+                for side, other, operator in ((left, right, op), (right, left, flipped[op])):
+                    value = other.constant()
+                    if value is None:
+                        continue
+                    if isinstance(side, _Metric):
+                        found.append((side.name, operator, float(value), side.describe()))
+                    elif isinstance(side, _Term) and side.term.function in _ON_THE_VALUE_SCALE:
+                        found.append((side.term.metric, operator, float(value), side.describe()))
+        return found
 
     def __str__(self) -> str:
         return self.describe()

@@ -48,6 +48,7 @@ TOPICS = (
     "fleet/+/status",
     "fleet/+/shadow/reported",
     "fleet/+/ota/status",  # firmware update progress (ota/protocol.py)
+    "fleet/+/commands/+/ack",
 )
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
 HANDOVER_BACKOFF_MAX = 10.0

@@ -27,11 +27,21 @@ from django.db import connection, transaction
 
 from alerts import services as alerts
 from devices.models import Device, DeviceStatus, DeviceType, Metric, OutOfRange
-from devices.services import update_reported
+from devices.services import CommandAnswer, record_command_answers, update_reported
+from iotfleet import live
 from ota.ingest import FirmwareReports
 from rules import engine as rules_engine
+from telemetry import rates
 from telemetry.models import IngestEvent, IngestEventKind, RejectedMessage
-from telemetry.validation import OTA_STATUS, REJECTED, REPORTED, STATUS, TELEMETRY, Entry
+from telemetry.validation import (
+    COMMAND_ACK,
+    OTA_STATUS,
+    REJECTED,
+    REPORTED,
+    STATUS,
+    TELEMETRY,
+    Entry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +168,8 @@ class BatchWriter:
         self.went_offline: list[int] = []
         self.came_online: list[int] = []
         self.firmware = FirmwareReports()  # OTA progress and reported versions (ota/ingest.py)
+        self.keys: dict[int, str] = {}  # device id -> key, of the batch's known devices
+        self.answers: list[tuple[CommandAnswer, str, str]] = []  # (answer, key, topic)
 
     # --- step 1: device-level checks ------------------------------------------------------
     def reject(
@@ -201,6 +213,8 @@ class BatchWriter:
                 STATUS: "status",
                 OTA_STATUS: "ota/status",
             }.get(kind, "shadow/reported")
+            if kind == COMMAND_ACK:
+                topic = f"fleet/{key}/commands/{entry[3]}/ack"
             if device is None or not device.enabled:
                 reason = (
                     f"unknown device {key!r}: create it (admin or API) or fix the device's key"
@@ -211,6 +225,7 @@ class BatchWriter:
                 self.reject(device, key, received_ms, topic, reason, body[:300])
                 continue
             self.devices[device.id] = device
+            self.keys[device.id] = key
             activity = self.activity[device.id]
             self.firmware.take(device.id, entry)
             if kind == STATUS:
@@ -223,6 +238,13 @@ class BatchWriter:
                 self.reported.append((device.id, entry[3]))
                 continue
             if kind == OTA_STATUS:
+                continue
+            if kind == COMMAND_ACK:
+                _, _, _, command_id, status, result, message = entry
+                answer = CommandAnswer(
+                    device.id, command_id, status == "ok", result, message, _when(received_ms)
+                )
+                self.answers.append((answer, key, topic))
                 continue
             activity.status = DeviceStatus.ONLINE
             self.add_telemetry(device, metrics, entry, topic)
@@ -397,6 +419,37 @@ class BatchWriter:
             if device_id in devices:
                 update_reported(devices[device_id], patch)
 
+    def record_answers(self) -> None:
+        """Devices' answers to commands; one that matches no pending command is rejected."""
+        if not self.answers:
+            return
+        topics = {id(answer): (key, topic) for answer, key, topic in self.answers}
+        for answer, reason in record_command_answers([a for a, _, _ in self.answers]):
+            key, topic = topics[id(answer)]
+            body = json.dumps({"ok": answer.ok, "message": answer.message}, separators=(",", ":"))
+            received_ms = int(answer.at.timestamp() * 1000)
+            self.reject(self.devices.get(answer.device_id), key, received_ms, topic, reason, body)
+
+    def push_latest(self) -> None:
+        """After commit: per tenant, one `telemetry.latest` event naming the devices whose
+        readings this batch stored (not one per reading), and the tenants' ingest counters."""
+        readings: dict[int, int] = defaultdict(int)
+        for device_id, *_ in self.stored:
+            readings[device_id] += 1
+        keys: dict[int, list[str]] = defaultdict(list)
+        per_tenant: dict[int, int] = defaultdict(int)
+        for device_id, count in readings.items():
+            tenant_id = self.devices[device_id].tenant_id
+            keys[tenant_id].append(self.keys[device_id])
+            per_tenant[tenant_id] += count
+        live.push_many(
+            (tenant_id, "telemetry.latest", latest_payload(sorted(names), per_tenant[tenant_id]))
+            for tenant_id, names in keys.items()
+        )
+        if per_tenant:
+            counts = dict(per_tenant)
+            transaction.on_commit(lambda: rates.count_readings(counts), robust=True)
+
     def follow_up(self) -> None:
         """Alerts on what the batch stored: status changes (a last will opens an offline alert
         at once) and the rules. Each runs in a savepoint: a failure there is logged, and the
@@ -432,11 +485,25 @@ class BatchWriter:
             self.update_states(cursor)
             self.update_devices(cursor)
             self.apply_reported()
+            self.record_answers()
             RejectedMessage.objects.bulk_create(self.rejections)
             IngestEvent.objects.bulk_create(self.result.events)
             self.follow_up()
+            self.push_latest()
         self.result.rejected = len(self.rejections)
         return self.result
+
+
+# A telemetry.latest event names at most this many devices; past it, it says "truncated" and
+# pages refresh as if any device had changed (a fleet-wide batch is not a 10,000-key message).
+LATEST_KEYS_MAX = 500
+
+
+def latest_payload(keys: list[str], readings: int) -> dict:
+    payload: dict = {"devices": keys[:LATEST_KEYS_MAX], "count": readings}
+    if len(keys) > LATEST_KEYS_MAX:
+        payload["truncated"] = True
+    return payload
 
 
 def _range(metric: Metric) -> str:

@@ -215,6 +215,8 @@ class SimulatedDevice:
     seq: int = 0
     boots: int = 0
     needs_shadow: bool = True  # report the shadow on the first connection after a boot
+    interval: float | None = None  # seconds between messages, once set by the desired shadow
+    settings: dict = field(default_factory=dict)  # applied desired state (reported back)
     last_step: float | None = None  # wall-clock time of the last values, for the walk's dt
     epoch: int = 0  # bumped whenever the device's scheduled actions become stale
     backoff: float = 1.0
@@ -516,6 +518,7 @@ class Simulator:
         client.connect_timeout = CONNECT_TIMEOUT
         client.max_inflight_messages_set(0)  # no local queue that could hold the offline status
         client.on_connect = self.on_connect
+        client.on_message = self.on_message
         client.on_disconnect = self.on_disconnect
         client.on_publish = self.on_publish
         client.on_socket_open = self.on_socket_open
@@ -552,7 +555,7 @@ class Simulator:
         device.client.publish(device.topic("telemetry"), payload, qos=QOS)
         device.seq += 1
         self.sent += 1
-        self.at(time.monotonic() + self.interval, device, self.send_telemetry)
+        self.at(time.monotonic() + (device.interval or self.interval), device, self.send_telemetry)
 
     def power_cut(self, device: SimulatedDevice) -> None:
         """The device loses power: its socket closes without DISCONNECT, so the broker publishes
@@ -605,11 +608,14 @@ class Simulator:
         device.state = DeviceState.ONLINE
         device.backoff = 1.0
         client.publish(device.topic("status"), json.dumps({"state": "online"}), qos=QOS)
+        # Platform → device: commands, and the desired state (retained: it arrives at once).
+        client.subscribe([(device.topic("commands/+"), QOS), (device.topic("shadow/desired"), QOS)])
         if device.needs_shadow:
             device.needs_shadow = False
             shadow = {
                 "firmware_version": device.profile.firmware_version,
-                "reporting_interval": round(self.interval, 3),
+                "reporting_interval": round(device.interval or self.interval, 3),
+                **device.settings,
             }
             client.publish(device.topic("shadow/reported"), json.dumps(shadow), qos=QOS)
         now = time.monotonic()
@@ -619,6 +625,60 @@ class Simulator:
         cut_in = self.next_power_cut()
         if cut_in is not None:
             self.at(now + cut_in, device, self.power_cut)
+
+    def on_message(self, client: mqtt.Client, device: SimulatedDevice, message: Any) -> None:
+        """The platform's messages: a desired state to apply and report, or a command to
+        answer on .../commands/{id}/ack."""
+        if client is not device.client or device.state != DeviceState.ONLINE:
+            return
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            self.warn("%s: unreadable message on %s", device.key, message.topic)
+            return
+        if message.topic == device.topic("shadow/desired"):
+            self.apply_desired(device, body)
+            return
+        command_id = message.topic.rsplit("/", 1)[-1]
+        if message.topic.startswith(device.topic("commands/")) and command_id.isdigit():
+            answer = self.run_command(device, body if isinstance(body, dict) else {})
+            client.publish(device.topic(f"commands/{command_id}/ack"), json.dumps(answer), qos=QOS)
+
+    def apply_desired(self, device: SimulatedDevice, body: Any) -> None:
+        """Take the desired state as a device does: apply it (reporting_interval changes how
+        often it sends), then report it back, so the shadow's delta clears."""
+        state = body.get("state") if isinstance(body, dict) else None
+        if not isinstance(state, dict) or not state or device.client is None:
+            return
+        interval = state.get("reporting_interval")
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+            device.interval = min(max(float(interval), 0.1), 3600.0)
+        device.settings.update(state)
+        log.debug("%s applies its desired state: %s", device.key, json.dumps(state)[:200])
+        device.client.publish(device.topic("shadow/reported"), json.dumps(state), qos=QOS)
+
+    def run_command(self, device: SimulatedDevice, command: dict) -> dict:
+        """The simulated firmware's commands; anything else is refused with a reason."""
+        name, params = command.get("name"), command.get("params") or {}
+        if name == "ping":
+            return {"status": "ok", "result": {"pong": True, "seq": device.seq}}
+        if name == "reboot":
+            device.seq = 0  # the next messages start a new sequence, as after a real reboot
+            device.boots += 1
+            return {"status": "ok", "result": {"rebooted": True, "boots": device.boots}}
+        if name == "identify":
+            return {"status": "ok", "result": {"blinking_s": params.get("seconds", 10)}}
+        if name == "set_interval":
+            seconds = params.get("seconds") if isinstance(params, dict) else None
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+                return {"status": "error", "message": 'set_interval needs {"seconds": N > 0}'}
+            device.interval = min(max(float(seconds), 0.1), 3600.0)
+            return {"status": "ok", "result": {"reporting_interval": device.interval}}
+        return {
+            "status": "error",
+            "message": f"unknown command {str(name)[:40]!r}: this device knows ping, reboot, "
+            "identify and set_interval",
+        }
 
     def on_disconnect(
         self, client: mqtt.Client, device: SimulatedDevice, flags: Any, reason: Any, props: Any

@@ -12,6 +12,7 @@ Batch entries (lists, to keep a batch of a thousand small and quick to encode):
     ["s", key, received_ms, "online"|"offline"(, firmware_version)]
     ["r", key, received_ms, {reported state}]
     ["o", key, received_ms, {OTA progress report}]   (ota/protocol.py)
+    ["c", key, received_ms, command_id, "ok"|"error", result|None, message]
     ["x", key|"", received_ms, topic, reason, excerpt, size]
 
 A telemetry entry keeps its valid readings; `problems` lists what was dropped from it (a NaN, a
@@ -41,6 +42,11 @@ EXCERPT_BYTES = 300
 SMALLEST_EPOCH_MS = 100_000_000_000
 
 TELEMETRY, STATUS, REPORTED, REJECTED, OTA_STATUS = "t", "s", "r", "x", "o"
+COMMAND_ACK = "c"
+# A device's answer to a command: fleet/{key}/commands/{id}/ack (devices/services.py sends them).
+COMMAND_ACK_TOPIC = re.compile(r"^fleet/([^/]+)/commands/([0-9]{1,18})/ack$")
+COMMAND_STATUSES = ("ok", "error")
+COMMAND_MESSAGE_CHARS = 1000
 KINDS = {
     "telemetry": TELEMETRY,
     "status": STATUS,
@@ -223,6 +229,28 @@ def parse_status(body: Any) -> list:
         raise Invalid(str(error)) from None
 
 
+def parse_command_ack(key: str, command_id: int, body: Any, received_ms: int) -> Entry:
+    """A device's answer to command `command_id`: {"status": "ok"|"error", "result": any JSON,
+    "message": "text"}; "result" and "message" are optional."""
+    if not isinstance(body, dict) or body.get("status") not in COMMAND_STATUSES:
+        raise Invalid(
+            'a command answer is {"status": "ok"} or {"status": "error", "message": "why"}, '
+            'optionally with "result"'
+        )
+    message = body.get("message", "")
+    if not isinstance(message, str):
+        raise Invalid('"message" is text: say what happened in words')
+    return [
+        COMMAND_ACK,
+        key,
+        received_ms,
+        command_id,
+        body["status"],
+        body.get("result"),
+        message[:COMMAND_MESSAGE_CHARS],
+    ]
+
+
 def rejection(key: str, received_ms: int, topic: str, reason: str, payload: bytes) -> Entry:
     return [REJECTED, key, received_ms, topic[:300], reason, excerpt(payload), len(payload)]
 
@@ -231,11 +259,18 @@ def parse_message(topic: str, payload: bytes, received_ms: int) -> Entry:
     """The batch entry for one message: telemetry, status, reported state, or a rejection."""
     key = ""
     try:
-        key, kind = split_topic(topic)
+        ack = COMMAND_ACK_TOPIC.match(topic)
+        if ack and not KEY_PATTERN.match(ack.group(1)):
+            raise Invalid(f"{ack.group(1)[:80]!r} is not a valid device key")
+        key, kind = (ack.group(1), COMMAND_ACK) if ack else split_topic(topic)
         limit = _limits().payload_bytes
         if len(payload) > limit:
             raise Invalid(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit")
         body = loads(payload)
+        if ack:
+            if b"\\u0000" in payload:
+                raise Invalid("the answer holds a \\u0000 character, which cannot be stored")
+            return parse_command_ack(key, int(ack.group(2)), body, received_ms)
         if kind == TELEMETRY:
             readings, problems = parse_telemetry(body, received_ms)
             return [

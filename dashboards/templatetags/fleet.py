@@ -10,6 +10,7 @@ from django import template
 from django.http import QueryDict
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -39,7 +40,7 @@ def ago(moment: datetime | None) -> str:
 def when(moment: datetime | None) -> str:
     """A <time> showing the age, the exact time on hover."""
     if moment is None:
-        return format_html('<span class="muted">never</span>')
+        return mark_safe('<span class="muted">never</span>')
     local = timezone.localtime(moment)
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',

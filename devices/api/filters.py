@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
 
-from devices.models import Device, DeviceGroup, DeviceStatus, DeviceType
+from devices.models import Command, CommandState, Device, DeviceGroup, DeviceStatus, DeviceType
 
 
 class TenantFilterSet(filters.FilterSet):
@@ -56,3 +56,13 @@ class DeviceFilter(TenantFilterSet):
 
     def filter_tag(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         return queryset.filter(tags__contains=[value])
+
+
+class CommandFilter(TenantFilterSet):
+    device = filters.CharFilter(field_name="device__key", help_text="The device's key.")
+    state = filters.MultipleChoiceFilter(choices=CommandState.choices)
+    name = filters.CharFilter()
+
+    class Meta:
+        model = Command
+        fields = ["tenant", "device", "state", "name"]

@@ -12,6 +12,7 @@ from rest_framework import serializers
 from rest_framework.validators import UniqueValidator
 
 from devices.models import (
+    Command,
     Device,
     DeviceGroup,
     DeviceShadow,
@@ -409,3 +410,41 @@ class ShadowConflictSerializer(serializers.Serializer):
 
     detail = serializers.CharField(read_only=True)
     current_version = serializers.IntegerField(read_only=True)
+
+
+class CommandSerializer(serializers.ModelSerializer):
+    device = serializers.SlugRelatedField(slug_field="key", read_only=True)
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    params = JSONObjectField(read_only=True)
+    result = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = Command
+        fields = [
+            "id",
+            "tenant",
+            "device",
+            "name",
+            "params",
+            "state",
+            "created_by",
+            "created_at",
+            "sent_at",
+            "answered_at",
+            "expires_at",
+            "result",
+            "error",
+        ]
+        read_only_fields = fields
+
+
+class SendCommandSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=64, help_text="The command, e.g. reboot.")
+    params = JSONObjectField(required=False, default=dict, help_text="Its parameters.")
+    timeout = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=7 * 86400,
+        help_text="Seconds the device has to answer (default COMMAND_TIMEOUT_SECONDS, 60).",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -14,24 +15,28 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from devices.broker_accounts import BrokerAccountError
-from devices.models import Device, DeviceGroup, DeviceShadow, DeviceType, Tenant
+from devices.models import Command, Device, DeviceGroup, DeviceShadow, DeviceType, Tenant
 from devices.services import (
+    CommandRefused,
     ShadowVersionConflict,
     create_device,
     delete_devices,
     rotate_credentials,
+    send_command,
     update_desired,
     update_device,
 )
 
-from .filters import DeviceFilter, DeviceGroupFilter, DeviceTypeFilter
+from .filters import CommandFilter, DeviceFilter, DeviceGroupFilter, DeviceTypeFilter
 from .serializers import (
+    CommandSerializer,
     CredentialSerializer,
     DesiredChangeSerializer,
     DeviceCreatedSerializer,
     DeviceGroupSerializer,
     DeviceSerializer,
     DeviceTypeSerializer,
+    SendCommandSerializer,
     ShadowConflictSerializer,
     ShadowSerializer,
     TenantSerializer,
@@ -183,6 +188,53 @@ class DeviceViewSet(TenantScopedViewSet):
             body = {"detail": str(conflict), "current_version": conflict.current}
             return Response(body, status=status.HTTP_409_CONFLICT)
         return Response(ShadowSerializer(shadow).data)
+
+    @extend_schema(methods=["GET"], request=None, responses=CommandSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        request=SendCommandSerializer,
+        responses={201: CommandSerializer},
+        description="Queue a command; the platform publishes it on fleet/{key}/commands/{id} and "
+        "the device answers on .../ack. Follow it with GET /api/v1/commands/{id}/.",
+    )
+    @action(detail=True, methods=["get", "post"])
+    def commands(self, request: Request, key: str) -> Response:
+        """The device's commands, latest first (GET); send it one (POST, operators)."""
+        device = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(
+                Command.objects.filter(device=device).select_related(
+                    "device", "tenant", "created_by"
+                )
+            )
+            return self.get_paginated_response(CommandSerializer(page, many=True).data)
+        body = SendCommandSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        timeout = body.validated_data.get("timeout")
+        try:
+            command = send_command(
+                device,
+                body.validated_data["name"],
+                body.validated_data["params"],
+                user=request.user,
+                timeout=timedelta(seconds=timeout) if timeout else None,
+            )
+        except CommandRefused as error:
+            raise serializers.ValidationError(error.message_dict) from error
+        return Response(CommandSerializer(command).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Commands sent to your devices, latest first"),
+    retrieve=extend_schema(summary="One command and its state: queued, sent, acknowledged..."),
+)
+class CommandViewSet(TenantScopedReadOnlyViewSet):
+    """Commands to devices and their answers. Send one with POST /devices/{key}/commands/."""
+
+    queryset = Command.objects.select_related("device", "tenant", "created_by")
+    serializer_class = CommandSerializer
+    filterset_class = CommandFilter
+    ordering_fields = ["created_at", "state", "name"]
 
 
 def _shadow_of(device: Device) -> DeviceShadow:

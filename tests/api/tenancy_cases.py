@@ -148,8 +148,20 @@ CASES: list[ApiCase] = [
 ]
 
 # Later apps keep their cases in modules of their own, which import ApiCase from here.
-from tests.api import cases_alerts, cases_channels, cases_ota, cases_rules  # noqa: E402
+from tests.api import (  # noqa: E402
+    cases_alerts,
+    cases_channels,
+    cases_commands,
+    cases_ota,
+    cases_rules,
+)
 
-CASES += [*cases_rules.CASES, *cases_alerts.CASES, *cases_channels.CASES, *cases_ota.CASES]
+CASES += [
+    *cases_rules.CASES,
+    *cases_alerts.CASES,
+    *cases_channels.CASES,
+    *cases_ota.CASES,
+    *cases_commands.CASES,
+]
 
 WRITABLE_CASES = [case for case in CASES if case.writable]

@@ -438,3 +438,67 @@ def test_each_kind_of_bad_message_is_invalid(kind):
     payload = malformed_payload(kind, 1_700_000_000_000, 4, metrics, specs)
 
     assert bad_kind(payload) == kind
+
+
+# --- Platform → device: desired state and commands (SCENARIOS.md #4) ---------------------------
+
+
+def test_a_device_applies_its_desired_state_reports_it_and_changes_its_rate(
+    fleet, mosquitto, subscriber, launch, settings
+):
+    from devices.publishing import Outgoing, publish
+
+    settings.MQTT_URL = mosquitto.url
+    key = KEYS[0]
+    desired = {"version": 4, "state": {"reporting_interval": 0.1, "led": "green"}, "delta": {}}
+    # Retained before the device connects: it finds it at once, as after a reboot.
+    publish([Outgoing(f"fleet/{key}/shadow/desired", json.dumps(desired), retain=True)])
+    simulator = start_simulator(launch, mosquitto, "--rate", "1")
+
+    subscriber.wait_for(
+        "the desired state reported back",
+        lambda: any(m.json() == desired["state"] for m in subscriber.of(key, "shadow/reported")),
+        simulator,
+    )
+    # Ten messages a second now, where the others send one.
+    started = time.time()
+    time.sleep(3)
+    sent = [m for m in subscriber.of(key, "telemetry") if m.at > started]
+    others = [m for m in subscriber.of(KEYS[1], "telemetry") if m.at > started]
+    assert len(sent) >= 15, len(sent)
+    assert len(others) <= 5, len(others)
+
+
+def test_a_device_answers_its_commands_on_the_ack_topic(
+    fleet, mosquitto, subscriber, launch, settings
+):
+    from devices.publishing import Outgoing, publish
+
+    settings.MQTT_URL = mosquitto.url
+    key = KEYS[1]
+    simulator = start_simulator(launch, mosquitto, "--rate", "1")
+    subscriber.wait_for(
+        "the device online", lambda: statuses(subscriber, key) == ["online"], simulator
+    )
+    time.sleep(0.5)  # its subscription follows its online status
+    commands = {
+        7: {"id": 7, "name": "ping", "params": {}},
+        8: {"id": 8, "name": "set_interval", "params": {"seconds": 2}},
+        9: {"id": 9, "name": "self_destruct", "params": {}},
+    }
+    publish(Outgoing(f"fleet/{key}/commands/{n}", json.dumps(body)) for n, body in commands.items())
+
+    def answers() -> dict[int, dict]:
+        return {
+            int(m.topic.split("/")[3]): m.json()
+            for m in subscriber.of(key)
+            if m.topic.endswith("/ack")
+        }
+
+    subscriber.wait_for("three answers", lambda: len(answers()) == 3, simulator)
+    got = answers()
+    assert got[7]["status"] == "ok"
+    assert got[7]["result"]["pong"] is True
+    assert got[8] == {"status": "ok", "result": {"reporting_interval": 2.0}}
+    assert got[9]["status"] == "error"
+    assert "unknown command 'self_destruct'" in got[9]["message"]

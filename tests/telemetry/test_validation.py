@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from telemetry.validation import REJECTED, REPORTED, STATUS, TELEMETRY, parse_message
+from telemetry.validation import (
+    COMMAND_ACK,
+    REJECTED,
+    REPORTED,
+    STATUS,
+    TELEMETRY,
+    parse_message,
+)
 
 NOW_MS = int(time.time() * 1000)
 TOPIC = "fleet/fr-1/telemetry"
@@ -144,3 +151,44 @@ def test_an_excerpt_never_holds_a_nul_byte_which_postgresql_text_refuses():
 def test_reported_state_with_a_nul_character_is_rejected_at_the_edge():
     reason = reason_of(b'{"note": "a\\u0000b"}', "fleet/fr-1/shadow/reported")
     assert "\\u0000 character" in reason
+
+
+# --- Answers to commands: fleet/{key}/commands/{id}/ack ------------------------------------------
+
+ACK_TOPIC = "fleet/fr-1/commands/42/ack"
+
+
+def test_a_command_answer_is_accepted_with_its_result():
+    entry = parse(json.dumps({"status": "ok", "result": {"pong": True}}), ACK_TOPIC)
+    assert entry == [COMMAND_ACK, "fr-1", NOW_MS, 42, "ok", {"pong": True}, ""]
+
+
+def test_an_error_answer_keeps_its_message():
+    entry = parse(json.dumps({"status": "error", "message": "no such LED"}), ACK_TOPIC)
+    assert entry == [COMMAND_ACK, "fr-1", NOW_MS, 42, "error", None, "no such LED"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"status": "done"}', 'a command answer is {"status": "ok"}'),
+        (b'["ok"]', 'a command answer is {"status": "ok"}'),
+        (b'{"status": "error", "message": 5}', '"message" is text'),
+        (b'{"status": "ok", "result": "a\\u0000b"}', "\\u0000 character"),
+        (b'{"status": "ok"', "bad JSON"),
+    ],
+)
+def test_a_malformed_command_answer_is_rejected_with_why(payload, reason):
+    assert reason in reason_of(payload, ACK_TOPIC)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["fleet/fr-1/commands/abc/ack", "fleet/fr-1/commands/42", "fleet/fr-1/commands/42/ack/x"],
+)
+def test_other_command_topics_are_not_answers(topic):
+    assert "unexpected topic" in reason_of(b'{"status": "ok"}', topic)
+
+
+def test_an_answer_on_a_bad_device_key_is_rejected():
+    assert "is not a valid device key" in reason_of(b'{"status": "ok"}', "fleet/a+b/commands/1/ack")
