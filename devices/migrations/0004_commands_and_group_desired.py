@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('devices', '0002_device_type_out_of_range'),
+        ('devices', '0003_metric_wear_indicator'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
