@@ -30,6 +30,11 @@ class AlertSerializer(TenantOwnedSerializer):
         slug_field="key", read_only=True, help_text="Key of the device it is about."
     )
     device_name = serializers.CharField(source="device.name", read_only=True)
+    metric = serializers.SlugRelatedField(
+        slug_field="name",
+        read_only=True,
+        help_text="Maintenance alerts: the wear indicator expected to reach its threshold.",
+    )
     rule_name = serializers.CharField(
         source="rule.name", read_only=True, default=None, help_text="Null for offline alerts."
     )
@@ -52,6 +57,7 @@ class AlertSerializer(TenantOwnedSerializer):
             "rule_name",
             "device",
             "device_name",
+            "metric",
             "values",
             "count",
             "first_triggered_at",

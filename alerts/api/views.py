@@ -76,7 +76,7 @@ class AlertViewSet(TenantScopedReadOnlyViewSet):
         return (
             super()
             .get_queryset()
-            .select_related("tenant", "device", "rule", "acknowledged_by", "resolved_by")
+            .select_related("tenant", "device", "metric", "rule", "acknowledged_by", "resolved_by")
             .prefetch_related("events__user")
         )
 

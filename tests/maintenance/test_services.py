@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from alerts.models import (
@@ -23,6 +24,7 @@ from maintenance.services import score_fleet
 from maintenance.tasks import score_fleet_task
 from maintenance.wear import Wear
 from rules.models import Severity
+from tests.api.clients import client_as
 from tests.factories import make_device
 from tests.maintenance.conftest import NOW, THRESHOLD, delete_readings, insert_readings, week_of
 
@@ -164,3 +166,16 @@ def test_beat_scores_the_fleet_hourly_from_an_editable_schedule(db):
     assert task.task == "maintenance.score_fleet"
     assert (task.interval.every, task.interval.period) == (1, "hours")
     assert task.enabled
+
+
+def test_the_api_lists_maintenance_alerts_with_their_wear_indicator(carol, pump_fleet):
+    score_fleet(NOW)
+    response = client_as(carol).get(reverse("alert-list"), {"kind": "maintenance"})
+    assert response.status_code == 200
+    [alert] = response.data["results"]
+    assert (alert["device"], alert["metric"], alert["kind"]) == (
+        "globex-pump-worn",
+        "vibration",
+        "maintenance",
+    )
+    assert alert["values"]["threshold"] == THRESHOLD
