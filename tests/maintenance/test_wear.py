@@ -104,22 +104,25 @@ def test_seed_demo_backfills_a_week_of_wear_and_the_at_risk_list_is_not_empty(db
     vibration = Metric.objects.get(device_type__name="Pump", name="vibration")
     assert vibration.is_wear_indicator
     assert vibration.failure_threshold == 11.2
-    pumps = Device.objects.filter(device_type=vibration.device_type)
-    assert all(WEAR_ATTRIBUTE in pump.attributes for pump in pumps)
-    degrading = [p for p in pumps if "shape" in p.attributes[WEAR_ATTRIBUTE]]
-    assert 0 < len(degrading) < len(pumps) / 3
+    current = Metric.objects.get(device_type__name="Freezer", name="compressor_current")
+    assert (current.is_wear_indicator, current.failure_threshold) == (True, 9.5)
+    worn = Device.objects.filter(device_type__in=[vibration.device_type, current.device_type])
+    assert all(WEAR_ATTRIBUTE in device.attributes for device in worn)
+    degrading = [d for d in worn if "shape" in d.attributes[WEAR_ATTRIBUTE]]
+    assert 0 < len(degrading) < len(worn) / 3
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*), count(DISTINCT device_id) FROM telemetry_reading "
-            "WHERE metric_id = %s",
-            [vibration.pk],
+            "WHERE metric_id = ANY(%s)",
+            [[vibration.pk, current.pk]],
         )
         readings, devices = cursor.fetchone()
-    assert devices == pumps.count()
-    assert readings == pytest.approx(pumps.count() * 7 * 1440, rel=0.01)
+    assert devices == worn.count()
+    assert readings == pytest.approx(worn.count() * 7 * 1440, rel=0.01)
     at_risk = MaintenancePrediction.objects.filter(at_risk=True)
-    assert at_risk.exists()
-    assert set(at_risk.values_list("device_id", flat=True)) <= {p.pk for p in degrading}
+    # Both tenants have devices at risk: the demo login (Acme) sees some too.
+    assert set(at_risk.values_list("tenant__slug", flat=True)) == {"acme", "globex"}
+    assert set(at_risk.values_list("device_id", flat=True)) <= {d.pk for d in degrading}
     assert Alert.objects.filter(kind=AlertKind.MAINTENANCE).count() == at_risk.count()
     assert "devices at risk" in out.getvalue()
     # Seeding again writes no history twice.

@@ -83,7 +83,12 @@ FREEZER = TypeSpec(
     slug="freezer",
     description="Walk-in and cabinet freezers; report every minute.",
     heartbeat_timeout=timedelta(minutes=5),
-    metrics=(TEMPERATURE, MetricSpec("door_open", "", 0, 1)),
+    metrics=(
+        TEMPERATURE,
+        MetricSpec("door_open", "", 0, 1),
+        # A compressor draws more current as it wears; at 9.5 A this one is about to fail.
+        MetricSpec("compressor_current", "A", 0, 20, failure_threshold=9.5),
+    ),
     models=("ColdBox 400", "ColdBox 800", "PolarLine W2"),
     firmware=(("1.4.2", 2), ("1.5.0", 6), ("2.0.1", 2)),
     tags=("cold-chain", "food", "pharma"),
