@@ -1,6 +1,7 @@
 """The fleet's "at risk" list at /maintenance/at-risk/ (with the partial its live refresh
 re-fetches on `maintenance.scored`) and a device's health at /maintenance/devices/<key>/ (the
-same section the dashboards' device page includes with `{% device_health device %}`)."""
+same section the dashboards' device page /devices/<key>/ includes, refreshed live from
+/maintenance/devices/<key>/section/)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,11 @@ def at_risk_table(request: HttpRequest) -> HttpResponse:
 def device_health(request: HttpRequest, key: str) -> HttpResponse:
     device = get_object_or_404(Device.objects.for_user(request.user), key=key)
     return render(request, "maintenance/device_health.html", {"device": device})
+
+
+@require_GET
+@login_required
+def device_health_section(request: HttpRequest, key: str) -> HttpResponse:
+    """The section alone, for the device page's live refresh."""
+    device = get_object_or_404(Device.objects.for_user(request.user), key=key)
+    return render(request, "maintenance/partials/device_health_section.html", {"device": device})

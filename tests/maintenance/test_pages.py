@@ -115,3 +115,29 @@ def test_any_page_includes_the_section_with_one_tag(carol, scored):
     )
     assert 'id="device-health"' in html
     assert "vibration" in html
+
+
+def test_the_dashboards_device_page_shows_the_health_section_live(client, carol, scored):
+    _, _, _, wearing = scored
+    client.force_login(carol)
+    page = client.get(reverse("devices:detail", args=[wearing.key])).text
+    assert 'id="device-health"' in page
+    assert "Expected to reach 11 mm/s on" in page
+    section_url = reverse("maintenance:device-health-section", args=[wearing.key])
+    assert f'data-live-url="{section_url}"' in page
+    section = client.get(section_url)
+    assert section.status_code == 200
+    assert "<html" not in section.text
+    assert '<circle class="crossing"' in section.text
+
+
+def test_the_at_risk_list_links_to_the_device_page(client, carol, scored):
+    client.force_login(carol)
+    page = client.get(AT_RISK).text
+    assert f'href="{reverse("devices:detail", args=["globex-pump-worn"])}#device-health"' in page
+
+
+def test_another_tenants_device_section_answers_404(client, alice, scored):
+    client.force_login(alice)
+    url = reverse("maintenance:device-health-section", args=["globex-pump-worn"])
+    assert client.get(url).status_code == 404
