@@ -201,6 +201,16 @@ def test_a_late_message_fills_its_gap_and_a_redelivery_counts_nothing(fr1):
     assert DeviceIngestState.objects.get(device=fr1).messages_lost == 0
 
 
+def test_a_seq_jump_beyond_any_counter_is_recorded_and_the_readings_stored(fr1):
+    sequence(fr1, (0, 0))
+    sequence(fr1, (10**12, 1000))  # a device's bug, not 10^12 lost messages
+    assert Reading.objects.filter(device=fr1).count() == 2
+    event = IngestEvent.objects.get(device=fr1)
+    assert event.count == 2**31 - 1  # as many as the counter holds; the detail says the truth
+    assert "999999999999 messages missing" in event.detail
+    assert not RejectedMessage.objects.exists()
+
+
 def test_a_reboot_resets_the_sequence_and_keeps_what_was_lost(fr1):
     sequence(fr1, (0, 0), (1, 1000), (5, 5000))
     sequence(fr1, (0, 10_000), (1, 11_000))
