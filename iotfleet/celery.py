@@ -1,10 +1,11 @@
 """The Celery application: settings come from Django's settings under the CELERY namespace."""
 
+import gc
 import logging
 import os
 
 from celery import Celery
-from celery.signals import after_setup_logger, task_postrun, task_prerun
+from celery.signals import after_setup_logger, task_postrun, task_prerun, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotfleet.settings")
 
@@ -33,3 +34,12 @@ def recycle_database_connections(task: object = None, **_: object) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@worker_process_init.connect
+def freeze_startup_objects(**_: object) -> None:
+    """Leave what the process holds at start (Django, Celery, the modules: ~300,000 objects) out
+    of the garbage collector's rounds. A batch allocates tens of thousands of lists and tuples,
+    so full collections came every few batches, each walking the whole heap (py-spy: a fifth of
+    a worker's time in ingest_batch)."""
+    gc.freeze()

@@ -1,0 +1,116 @@
+"""The ingest worker against a real Mosquitto: a message is acknowledged to the broker only once
+its batch was handed over, and the acknowledgements do reach the broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from telemetry.ingest import IngestWorker
+from tests.servers import Mosquitto
+
+RECEIVE_MAXIMUM = 10
+
+
+class Handover:
+    """Stands in for Celery: records the batches, and can hold the first one back."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.holding = 0  # messages of the batch being handed over
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, batch: list) -> None:
+        self.holding = len(batch)
+        self.release.wait(30)
+        self.batches.append(batch)
+        self.holding = 0
+
+    @property
+    def messages(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+@pytest.fixture
+def handover() -> Handover:
+    return Handover()
+
+
+@pytest.fixture
+def worker(settings, mosquitto: Mosquitto, handover: Handover) -> Iterator[IngestWorker]:
+    settings.INGEST_HOLD_SECONDS = 0.05
+    worker = IngestWorker(
+        mosquitto.url,
+        "pytest-acks",
+        batch_size=5,
+        flush_seconds=0.02,
+        receive_maximum=RECEIVE_MAXIMUM,
+        send=handover,
+        backlog=None,
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.connected.wait(10), "the worker did not connect"
+    time.sleep(0.3)  # subscribed
+    yield worker
+    handover.release.set()
+    worker.stop()
+    thread.join(15)
+
+
+def publish(broker: Mosquitto, count: int) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pytest-acks-device")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    now = int(time.time() * 1000)
+    sent = [
+        client.publish(
+            f"fleet/dev-{n % 7}/telemetry",
+            json.dumps({"ts": now - 10_000 + n, "metrics": {"temperature": n}}),
+            qos=1,
+        )
+        for n in range(count)
+    ]
+    for info in sent:
+        info.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+def wait_for(check, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_acknowledgements_reach_the_broker_so_it_keeps_sending(mosquitto, worker, handover):
+    # The broker sends at most RECEIVE_MAXIMUM unacknowledged messages: 300 arrive only if the
+    # worker's acknowledgements get back to it.
+    publish(mosquitto, 300)
+    assert wait_for(lambda: handover.messages == 300), f"{handover.messages} of 300 arrived"
+
+
+def test_nothing_is_acknowledged_before_its_batch_is_handed_over(mosquitto, worker, handover):
+    handover.release.clear()  # Celery "is down": the first batch cannot be handed over
+    publish(mosquitto, 100)
+
+    def received() -> int:
+        return handover.holding + len(worker.pending)
+
+    # The broker sends up to its limit of unacknowledged messages, and then nothing more.
+    assert wait_for(lambda: received() == RECEIVE_MAXIMUM), f"{received()} received"
+    time.sleep(1.0)
+    assert received() == RECEIVE_MAXIMUM
+    assert handover.messages == 0
+    handover.release.set()
+    assert wait_for(lambda: handover.messages == 100), f"{handover.messages} of 100 arrived"
