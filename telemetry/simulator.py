@@ -36,6 +36,7 @@ from django.db import connection
 
 from devices.models import Device
 from devices.services import rotate_credentials_of
+from ota.simulation import OtaAgent, OtaOptions
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +333,7 @@ class Options:
     bad: float = 0.0  # fraction of telemetry messages sent malformed
     connect_rate: float = 200.0  # new connections per second
     degrading: float = 0.0  # share of devices with a wear indicator (and no seeded plan) wearing
+    ota: OtaOptions | None = None  # answer firmware update jobs (ota/simulation.py)
 
 
 def broker_address(url: str) -> tuple[str, int]:
@@ -364,6 +366,7 @@ class Simulator:
     ) -> None:
         self.options = options or Options()
         self.devices = [simulated_device(p, self.options.degrading) for p in profiles]
+        self.ota = OtaAgent(self, self.options.ota) if self.options.ota else None
         self.host = host
         self.port = port
         self.interval = 1 / self.options.rate
@@ -422,6 +425,8 @@ class Simulator:
             self.poll(max(wait, 0.0))
             now = time.monotonic()
             self.run_due_timers(now)
+            if self.ota:
+                self.ota.poll()
             if now >= next_misc:
                 next_misc = now + 1.0
                 for device in self.devices:
@@ -521,6 +526,7 @@ class Simulator:
         client.on_message = self.on_message
         client.on_disconnect = self.on_disconnect
         client.on_publish = self.on_publish
+        client.on_message = self.on_message
         client.on_socket_open = self.on_socket_open
         client.on_socket_close = self.on_socket_close
         client.on_socket_register_write = self.on_socket_register_write
@@ -618,6 +624,8 @@ class Simulator:
                 **device.settings,
             }
             client.publish(device.topic("shadow/reported"), json.dumps(shadow), qos=QOS)
+        if self.ota:
+            self.ota.connected(device, client)
         now = time.monotonic()
         if device.profile.metrics:
             # Spread the devices' first messages over one interval, so the load is smooth.
@@ -698,6 +706,10 @@ class Simulator:
         if self.stopping and mid == device.offline_mid and client is device.client:
             client.disconnect()
 
+    def on_message(self, client: mqtt.Client, device: SimulatedDevice, message: Any) -> None:
+        if self.ota and client is device.client and message.topic == device.topic("ota"):
+            self.ota.received(device, message.payload)
+
     def on_socket_open(self, client: mqtt.Client, device: SimulatedDevice, sock: Any) -> None:
         self.selector.register(sock, selectors.EVENT_READ, device)
 
@@ -726,6 +738,8 @@ class Simulator:
         the will to itself); a device still connecting is cut off, and the broker's will says
         offline for it."""
         self.stopping = True
+        if self.ota:
+            self.ota.close()
         goodbyes = 0
         for device in self.devices:
             device.epoch += 1

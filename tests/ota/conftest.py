@@ -189,3 +189,7 @@ def jobs(mosquitto, settings, eager_celery):
     listener = JobListener(mosquitto.port)
     yield listener
     listener.close()
+
+
+# The platform as real processes (daphne, mqtt_ingest, a Celery worker, the simulator).
+from tests.ota.stack import stack  # noqa: E402, F401

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.broker_accounts import BrokerAccountError
+from ota.simulation import OtaOptions
 from telemetry.simulator import Options, simulate
 
 
@@ -76,6 +77,30 @@ class Command(BaseCommand):
             help="Share of the devices with a wear indicator that degrade towards its failure "
             "threshold (default 0; devices seed_demo planned keep their plan).",
         )
+        # Firmware updates (ota/simulation.py): devices answer the jobs of rollouts.
+        parser.add_argument(
+            "--ota-success",
+            type=float,
+            default=1.0,
+            help="Probability that a firmware install succeeds (default 1).",
+        )
+        parser.add_argument(
+            "--ota-delay",
+            type=_seconds_range,
+            default=(2.0, 5.0),
+            metavar="SECONDS[:MAX]",
+            help="How long an install takes once downloaded (default 2:5).",
+        )
+        parser.add_argument(
+            "--ota-reboot",
+            type=_seconds_range,
+            default=(1.0, 3.0),
+            metavar="SECONDS[:MAX]",
+            help="How long a device is off while it reboots into new firmware (default 1:3).",
+        )
+        parser.add_argument(
+            "--no-ota", action="store_true", help="Do not answer firmware update jobs."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         low, high = options["flaky_downtime"]
@@ -89,6 +114,19 @@ class Command(BaseCommand):
             raise CommandError("--degrading is a share of the devices, between 0 and 1.")
         if not 0 <= low <= high or options["flaky_period"] <= 0:
             raise CommandError("--flaky-downtime needs 0 <= SECONDS <= MAX; --flaky-period > 0.")
+        ota = None
+        if not options["no_ota"]:
+            if not 0 <= options["ota_success"] <= 1:
+                raise CommandError("--ota-success is a probability, between 0 and 1.")
+            for name in ("ota_delay", "ota_reboot"):
+                first, last = options[name]
+                if not 0 <= first <= last:
+                    raise CommandError(f"--{name.replace('_', '-')} needs 0 <= SECONDS <= MAX.")
+            ota = OtaOptions(
+                success=options["ota_success"],
+                delay=options["ota_delay"],
+                reboot=options["ota_reboot"],
+            )
         simulation = Options(
             rate=options["rate"],
             duration=options["duration"],
@@ -98,6 +136,7 @@ class Command(BaseCommand):
             bad=options["bad"],
             connect_rate=options["connect_rate"],
             degrading=options["degrading"],
+            ota=ota,
         )
         try:
             simulated = simulate(options["devices"], options["tenant"], simulation)
