@@ -526,7 +526,6 @@ class Simulator:
         client.on_message = self.on_message
         client.on_disconnect = self.on_disconnect
         client.on_publish = self.on_publish
-        client.on_message = self.on_message
         client.on_socket_open = self.on_socket_open
         client.on_socket_close = self.on_socket_close
         client.on_socket_register_write = self.on_socket_register_write
@@ -639,6 +638,9 @@ class Simulator:
         answer on .../commands/{id}/ack."""
         if client is not device.client or device.state != DeviceState.ONLINE:
             return
+        if self.ota and message.topic == device.topic("ota"):
+            self.ota.received(device, message.payload)  # a firmware job (ota/simulation.py)
+            return
         try:
             body = json.loads(message.payload)
         except ValueError:
@@ -705,10 +707,6 @@ class Simulator:
     ) -> None:
         if self.stopping and mid == device.offline_mid and client is device.client:
             client.disconnect()
-
-    def on_message(self, client: mqtt.Client, device: SimulatedDevice, message: Any) -> None:
-        if self.ota and client is device.client and message.topic == device.topic("ota"):
-            self.ota.received(device, message.payload)
 
     def on_socket_open(self, client: mqtt.Client, device: SimulatedDevice, sock: Any) -> None:
         self.selector.register(sock, selectors.EVENT_READ, device)

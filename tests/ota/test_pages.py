@@ -245,3 +245,23 @@ def test_pages_need_a_login(client, db, name):
     response = client.get(reverse(name))
     assert response.status_code == 302
     assert "/login/" in response.url
+
+
+def test_the_device_page_has_the_live_firmware_section(client, alice, make_release, fleet):
+    (device,) = fleet(1)
+    services.start_rollout(draft(make_release(), wave_plan=[100]))
+    client.force_login(alice)
+    page = client.get(reverse("devices:detail", args=[device.key])).text
+    assert 'id="device-firmware"' in page
+    assert f'data-live-url="/ota/devices/{device.key}/firmware/"' in page
+    assert "Updating to <strong>2.1.0</strong>" in page
+
+
+def test_the_overview_has_the_live_rollouts_panel(client, alice, make_release, fleet):
+    fleet(2)
+    services.start_rollout(draft(make_release(), name="Spring update"))
+    client.force_login(alice)
+    page = client.get(reverse("dashboards:overview")).text
+    assert 'id="rollouts-in-progress"' in page
+    assert 'data-live-url="/ota/rollouts/in-progress/"' in page
+    assert "Spring update" in page
