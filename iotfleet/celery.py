@@ -5,7 +5,13 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import after_setup_logger, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotfleet.settings")
 
@@ -36,10 +42,12 @@ def recycle_database_connections(task: object = None, **_: object) -> None:
     close_old_connections()
 
 
+@worker_init.connect
 @worker_process_init.connect
 def freeze_startup_objects(**_: object) -> None:
-    """Leave what the process holds at start (Django, Celery, the modules: ~300,000 objects) out
-    of the garbage collector's rounds. A batch allocates tens of thousands of lists and tuples,
-    so full collections came every few batches, each walking the whole heap (py-spy: a fifth of
-    a worker's time in ingest_batch)."""
+    """Leave what a worker process holds at start (Django, Celery, the modules: ~300,000
+    objects) out of the garbage collector's rounds, in the main process and in each pool
+    process. A batch allocates tens of thousands of lists and tuples, so full collections came
+    every few batches, each walking the whole heap (py-spy: a fifth of a pool process's time in
+    ingest_batch)."""
     gc.freeze()

@@ -24,6 +24,7 @@ a rejection entry in the batch, so it is recorded and acknowledged like the rest
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import socket
 import struct
@@ -93,9 +94,13 @@ def default_client_id() -> str:
 def send_to_celery(entries: list[Entry]) -> None:
     from telemetry.tasks import ingest_batch_task
 
+    # The batch goes as one JSON text: Celery decodes a task's arguments twice (its main process
+    # reads them too) with a Python hook per JSON object, where the worker decodes this text
+    # once with the C decoder (telemetry/tasks.py).
+    batch = json.dumps(entries, separators=(",", ":"))
     # Fail fast (a few seconds) rather than hang: the worker retries the handover itself.
     ingest_batch_task.apply_async(
-        args=[entries],
+        args=[batch],
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 
@@ -45,9 +46,12 @@ def backoff(retries: int) -> float:
 @shared_task(
     bind=True, name="telemetry.ingest_batch", acks_late=True, ignore_result=True, max_retries=None
 )
-def ingest_batch_task(self, entries: list[Entry]) -> None:
-    """Store one batch. If the database is unreachable, retry with backoff for as long as it
-    takes: the batch is acknowledged to Redis only once stored or re-queued (acks_late)."""
+def ingest_batch_task(self, entries: list[Entry] | str) -> None:
+    """Store one batch (a list of entries, or the JSON text of one, as mqtt_ingest sends it).
+    If the database is unreachable, retry with backoff for as long as it takes: the batch is
+    acknowledged to Redis only once stored or re-queued (acks_late)."""
+    if isinstance(entries, str):
+        entries = json.loads(entries)
     try:
         store(entries)
     except DATABASE_DOWN as error:
