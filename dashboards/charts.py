@@ -129,7 +129,7 @@ def time_chart(
         values.append(0.0)
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     if high - low < 1e-9:
-        low, high = low - 1, high + 1
+        low, high = (0.0, max(high, 1.0)) if include_zero and low >= 0 else (low - 1, high + 1)
     pad = (high - low) * 0.08
     floor = 0.0 if include_zero and low >= 0 else low - pad  # a rate never goes below 0
     ticks = value_ticks(floor, high + pad)

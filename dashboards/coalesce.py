@@ -6,9 +6,9 @@ between two frames, event by event:
 
 - a payload of lists (`{"devices": [...]}`, `{"alerts": [...]}`) merges item by item: items that
   are objects with an `id` or `key` replace the earlier item of the same identity (the latest state
-  wins), plain values (device keys) are kept once each. Past `MAX_ITEMS` items of one list, the
-  list stops growing and the payload says `"truncated": true` with the `"count"` seen: the page
-  then refreshes as if anything had changed, instead of reading 10,000 items;
+  wins), plain values (device keys) are kept once each. Past `MAX_ITEMS` items in one frame, the
+  event says `"truncated": true` with the `"count"` of items seen and carries no items: the page
+  refreshes as if anything had changed, instead of reading 10,000 items;
 - any other payload (`{"rollout": 3, "done": 40}`) is kept as it came, at most `MAX_KEPT` per
   event name (the latest ones; earlier ones dropped are counted in `"dropped"` of the last).
 
@@ -73,7 +73,8 @@ class _Merged:
     def payload(self) -> dict:
         merged: dict[str, Any] = dict(self.fields)
         for name, items in self.lists.items():
-            merged[name] = list(items.values())
+            # Truncated: "anything may have changed", so the items would only be bytes.
+            merged[name] = [] if self.truncated else list(items.values())
         if self.truncated:
             merged["truncated"] = True
             merged.setdefault("count", max(self.counts.values(), default=0))

@@ -537,16 +537,16 @@ class BatchWriter:
         return self.result
 
 
-# A telemetry.latest event names at most this many devices; past it, it says "truncated" and
-# pages refresh as if any device had changed (a fleet-wide batch is not a 10,000-key message).
-LATEST_KEYS_MAX = 500
+# A telemetry.latest event names at most this many devices; past it, it names none and says
+# "truncated", and pages refresh as if any device had changed (a fleet-wide batch is not a
+# 10,000-key message to every dashboard).
+LATEST_KEYS_MAX = 200
 
 
 def latest_payload(keys: list[str], readings: int) -> dict:
-    payload: dict = {"devices": keys[:LATEST_KEYS_MAX], "count": readings}
     if len(keys) > LATEST_KEYS_MAX:
-        payload["truncated"] = True
-    return payload
+        return {"devices": [], "count": readings, "truncated": True}
+    return {"devices": keys, "count": readings}
 
 
 def _topic(entry: Entry) -> str:

@@ -269,6 +269,46 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
         server.stop()
 
 
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = START_TIMEOUT) -> None:
+    """Wait until `url` answers (any HTTP status) while `process` runs."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited early:\n{output_of(process)}"
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (a local test server)
+                return
+        except urllib.error.HTTPError:
+            return  # it answers, whatever it says
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {timeout:g} s:\n{output_of(process)}")
+
+
+def start_daphne(launch: Launch, **env: str) -> str:
+    """A daphne process serving the project (HTTP and websockets) on the test database; returns
+    its base URL. Committed rows are what it sees; `env` adds settings (CHANNELS_REDIS_URL...)."""
+    port = free_port()
+    process = launch(
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "iotfleet.asgi:application",
+        DATABASE_URL=database_url(),
+        # No persistent connections, so the test database can be flushed and dropped after.
+        DATABASE_CONN_MAX_AGE="0",
+        **env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/admin/login/", process)
+    return base
+
+
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launch]:
     """Start Python processes in the repository (`launch("manage.py", "mqtt_ingest", X="y")`);

@@ -23,7 +23,16 @@ import pytest
 from django.core.management import call_command
 
 from iotfleet.celery import app as celery_app
-from tests.servers import REPO, Launch, celery_worker, database_url, free_port, output_of
+from tests.servers import (
+    REPO,
+    Launch,
+    celery_worker,
+    database_url,
+    free_port,
+    output_of,
+    start_daphne,
+    wait_for_http,
+)
 
 START_TIMEOUT = 60.0
 HTTP = urllib.request.build_opener()
@@ -34,39 +43,10 @@ def fast_passwords():
     """Keep Django's real password hashers: daphne, a separate process, checks the login."""
 
 
-def wait_for_http(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited early:\n{output_of(process)}"
-        try:
-            with HTTP.open(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers, whatever it says
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} did not answer within {START_TIMEOUT:g} s:\n{output_of(process)}")
-
-
 @pytest.fixture
 def web(launch: Launch, transactional_db) -> str:
     """A daphne server on the test database; committed rows are what it sees."""
-    port = free_port()
-    process = launch(
-        "-m",
-        "daphne",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "iotfleet.asgi:application",
-        DATABASE_URL=database_url(),
-        # No persistent connections, so the test database can be flushed and dropped after.
-        DATABASE_CONN_MAX_AGE="0",
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/admin/login/", process)
-    return base
+    return start_daphne(launch)
 
 
 def log_in(base: str, username: str, password: str) -> tuple[str, str, http.cookiejar.CookieJar]:

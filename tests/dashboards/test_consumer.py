@@ -181,3 +181,56 @@ def test_the_first_event_after_a_quiet_spell_goes_out_at_once(layer, alice, acme
         await socket.disconnect()
 
     async_to_sync(scenario)()
+
+
+def test_ingest_pushes_one_compact_event_per_batch_and_tenant(
+    layer, alice, acme, globex, acme_freezer_type
+):
+    """A batch of 300 messages from 3 Acme devices and 1 Globex device: one telemetry.latest per
+    tenant naming its devices, none per reading; Alice's socket gets Acme's only."""
+    import json as jsonlib
+
+    from telemetry.services import ingest_batch
+    from telemetry.validation import parse_message
+    from tests.factories import make_device
+
+    acme_keys = [f"acme-{n}" for n in range(3)]
+    for key in acme_keys:
+        make_device(acme, key, device_type=acme_freezer_type)
+    make_device(globex, "globex-1")
+    from django.utils import timezone
+
+    from devices.models import Device
+
+    Device.objects.update(status="online", last_seen=timezone.now())  # no status change to push
+    now_ms = int(time.time() * 1000)
+    entries = [
+        parse_message(
+            f"fleet/{key}/telemetry",
+            jsonlib.dumps({"ts": now_ms - n * 10, "metrics": {"temperature": -18}}).encode(),
+            now_ms,
+        )
+        for n in range(75)
+        for key in [*acme_keys, "globex-1"]
+    ]
+    socket = websocket(alice)
+
+    async def scenario():
+        await connect(socket)
+        await sync_to_async(ingest_batch)(entries)
+        events = []
+        while not await no_frame(socket, timeout=1.0):
+            events += (await next_frame(socket))["events"]
+        assert [e["event"] for e in events] == ["telemetry.latest"]
+        assert events[0]["payload"] == {"devices": acme_keys, "count": 225}
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_fleet_wide_batch_names_no_devices_and_says_truncated(db):
+    from telemetry.services import LATEST_KEYS_MAX, latest_payload
+
+    keys = [f"d{n}" for n in range(LATEST_KEYS_MAX + 1)]
+    assert latest_payload(keys, 9000) == {"devices": [], "count": 9000, "truncated": True}
+    assert latest_payload(keys[:3], 9) == {"devices": keys[:3], "count": 9}
