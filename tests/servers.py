@@ -299,10 +299,12 @@ def start_daphne(launch: Launch, **env: str) -> str:
         "-p",
         str(port),
         "iotfleet.asgi:application",
-        DATABASE_URL=database_url(),
-        # No persistent connections, so the test database can be flushed and dropped after.
-        DATABASE_CONN_MAX_AGE="0",
-        **env,
+        **{
+            "DATABASE_URL": database_url(),
+            # No persistent connections, so the test database can be flushed and dropped after.
+            "DATABASE_CONN_MAX_AGE": "0",
+            **env,
+        },
     )
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/admin/login/", process)

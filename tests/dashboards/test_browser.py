@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -30,7 +31,7 @@ from telemetry.services import ingest_batch
 from telemetry.validation import parse_message
 from tests.browser import save_screenshot
 from tests.factories import make_device, make_device_type
-from tests.servers import Launch, Redis, start_daphne
+from tests.servers import Launch, Redis, celery_worker, database_url, output_of, start_daphne
 
 LIVE_WITHIN = 2.0  # seconds from the event to the page showing it
 SETUP_TIMEOUT_MS = 60_000  # page loads, logins, websocket connects on a loaded machine
@@ -100,8 +101,14 @@ def log_in(context, base: str, username: str, path: str = "/"):
         page.fill("#id_password", PASSWORD)
         page.click("input[type=submit]")
     page.wait_for_url(f"{base}{path}")  # and back where they wanted to go
+    instrument(page)
+    return page
+
+
+def instrument(page) -> None:
+    """Once the page's websocket is up: a marker a reload would wipe, and a stamp of when each
+    watched change first showed in the DOM."""
     page.wait_for_function("document.documentElement.dataset.live === 'connected'")
-    # A marker a reload would wipe, and a stamp of when each watched change first showed.
     page.evaluate(
         """() => {
         window.__noReload = true;
@@ -118,7 +125,6 @@ def log_in(context, base: str, username: str, path: str = "/"):
           {subtree: true, childList: true, characterData: true, attributes: true});
       }"""
     )
-    return page
 
 
 def watch(page, name: str, predicate_js: str) -> None:
@@ -198,8 +204,8 @@ def test_an_operator_watches_a_device_go_offline_and_come_back_with_its_alert_li
         assert shown_after(overview, "offline", went_offline) < LIVE_WITHIN
         assert shown_after(overview, "alert", went_offline) < LIVE_WITHIN
         assert shown_after(device_page, "offline", went_offline) < LIVE_WITHIN
-        save_screenshot(overview, "overview-device-offline-alert-open")
-        save_screenshot(device_page, "device-page-offline")
+        screenshot(overview, "overview-device-offline-alert-open")
+        screenshot(device_page, "device-page-offline")
 
         watch(
             overview,
@@ -228,7 +234,7 @@ def test_an_operator_watches_a_device_go_offline_and_come_back_with_its_alert_li
         assert shown_after(overview, "online", came_back) < LIVE_WITHIN
         assert shown_after(overview, "resolved", came_back) < LIVE_WITHIN
         assert shown_after(device_page, "online", came_back) < LIVE_WITHIN
-        save_screenshot(overview, "overview-device-back-online")
+        screenshot(overview, "overview-device-back-online")
 
         # Globex's operator saw none of it: only her socket's own "ready" event reached her page.
         assert carol.evaluate("IoTFleetLive.stats.events") == 1
@@ -249,14 +255,14 @@ def test_a_rule_alert_appears_on_the_alerts_page_and_the_operator_acknowledges_i
     in_worker(ingest_batch, [reading("acme-freezer-1", 11.5)])
 
     assert shown_after(page, "alert", too_warm) < LIVE_WITHIN
-    save_screenshot(page, "alerts-page-rule-alert-open")
+    screenshot(page, "alerts-page-rule-alert-open")
 
     page.fill("input[name=note]", "Door was open, closed it")
     page.click("#alert-rows button[name=one][value^=acknowledge]")
     page.wait_for_selector("#alert-rows tr[data-state=acknowledged]")
     assert "1 alert acknowledged." in page.locator(".messages").inner_text()
     assert "Door was open, closed it" in page.locator("#alert-rows").inner_text()
-    save_screenshot(page, "alerts-page-acknowledged")
+    screenshot(page, "alerts-page-acknowledged")
 
 
 def test_the_device_page_shows_new_values_and_the_chart_without_reload(
@@ -283,6 +289,80 @@ def test_the_device_page_shows_new_values_and_the_chart_without_reload(
     in_worker(ingest_batch, [reading("acme-freezer-3", -4.25)])
 
     assert shown_after(page, "value", sent) < LIVE_WITHIN
-    save_screenshot(page, "device-page-live-values-and-chart")
+    screenshot(page, "device-page-live-values-and-chart")
     assert datetime.now(UTC)  # the page stays up: no reload marker lost
     assert page.evaluate("window.__noReload") is True
+
+
+def test_an_operator_sends_a_command_and_a_desired_state_and_sees_the_device_answer(
+    launch, redis_server, mosquitto, fleet, browser_context
+):
+    """The whole way, with real processes: the device page's form → daphne → a Celery worker
+    publishes on MQTT → the simulated device answers → mqtt_ingest → a Celery worker stores it
+    and pushes → the page shows the answer, without a reload. Then SCENARIOS.md #4 for one
+    device: a desired reporting_interval reaches the device, which applies and reports it, and
+    the page shows the delta cleared."""
+    env = {
+        "DATABASE_URL": database_url(),
+        "DATABASE_CONN_MAX_AGE": "0",
+        "REDIS_URL": redis_server.url,
+        "CELERY_BROKER_URL": redis_server.url,
+        "CELERY_RESULT_BACKEND": redis_server.url,
+        "CHANNELS_REDIS_URL": redis_server.url,
+        "MQTT_URL": mosquitto.url,
+        "INGEST_HOLD_SECONDS": "0.2",
+    }
+    base = start_daphne(launch, **env)
+    worker = launch(*celery_worker(f"pytest-{uuid.uuid4().hex[:8]}"), **env)
+    ingest = launch("manage.py", "mqtt_ingest", "--client-id", f"pytest-{uuid.uuid4().hex}", **env)
+    wait_for_output(worker, "ready.")
+    wait_for_output(ingest, "connected to")
+    # The first Acme device by key is the one the simulator brings to life.
+    simulator = launch(
+        "manage.py", "simulate", "--tenant", "acme", "--devices", "1", "--rate", "0.5",
+        "--duration", "300", **env,
+    )  # fmt: skip
+    page = log_in(browser_context, base, "alice", "/devices/acme-freezer-1/")
+    # Its reported shadow arriving live says it is connected (and subscribed: it subscribes first).
+    page.wait_for_selector("#shadow-reported:has-text('reporting_interval')", timeout=WAIT_MS * 3)
+
+    page.fill("#id_name", "ping")
+    page.click(".command-form button[type=submit]")
+    page.wait_for_url(f"{base}/devices/acme-freezer-1/#commands")
+    instrument(page)  # a new page load: from here on, no reload
+    row = page.locator("#command-list tr[data-command]").first
+    assert row.get_attribute("data-state") in ("queued", "sent", "acknowledged")
+    page.wait_for_selector("#command-list tr[data-state=acknowledged]", timeout=WAIT_MS * 3)
+    assert '"pong": true' in page.locator("#command-list .command-result").first.inner_text()
+    assert page.evaluate("window.__noReload") is True
+    screenshot(page, "device-page-command-acknowledged")
+
+    page.click("details.edit-desired summary")
+    page.fill("details.edit-desired textarea", '{"reporting_interval": 2}')
+    page.click("details.edit-desired button[type=submit]")
+    page.wait_for_url(f"{base}/devices/acme-freezer-1/#shadow")
+    instrument(page)
+    page.wait_for_selector(
+        "#shadow-reported:has-text('\"reporting_interval\": 2')", timeout=WAIT_MS * 3
+    )
+    page.wait_for_function(
+        "document.querySelector('#shadow-delta').textContent.trim() === '{}'", timeout=WAIT_MS
+    )
+    # Its telemetry shows up too, without a reload.
+    page.wait_for_selector("#latest tr[data-metric=temperature]", timeout=WAIT_MS * 3)
+    assert page.evaluate("window.__noReload") is True
+    screenshot(page, "device-page-desired-state-applied")
+    assert simulator.poll() is None, output_of(simulator)
+
+
+def screenshot(page, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar where it belongs
+    save_screenshot(page, name)
+
+
+def wait_for_output(process, text: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in output_of(process):
+        assert process.poll() is None, f"exited early:\n{output_of(process)}"
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{output_of(process)}"
+        time.sleep(0.2)

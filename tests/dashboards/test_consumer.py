@@ -234,3 +234,31 @@ def test_a_fleet_wide_batch_names_no_devices_and_says_truncated(db):
     keys = [f"d{n}" for n in range(LATEST_KEYS_MAX + 1)]
     assert latest_payload(keys, 9000) == {"devices": [], "count": 9000, "truncated": True}
     assert latest_payload(keys[:3], 9) == {"devices": keys[:3], "count": 9}
+
+
+def test_sockets_of_one_tenant_share_one_feed_that_stops_with_the_last(layer, alice, dave, acme):
+    """Each process reads a tenant's group once, whatever the number of its open dashboards."""
+    from dashboards.hub import hub
+
+    sockets = [websocket(alice), websocket(dave), websocket(alice)]
+
+    async def scenario():
+        for socket in sockets:
+            await connect(socket)
+        feeds = hub().feeds
+        assert list(feeds) == [acme.pk]
+        assert len(feeds[acme.pk].sockets) == 3
+        members = await hub().layer.connection(0).zcard(hub().layer._group_key(f"tenant.{acme.pk}"))
+        assert members == 1  # one channel in the group for the three sockets
+
+        await push(acme.pk, "ping", {"n": 1})
+        for socket in sockets:
+            assert (await next_frame(socket))["events"] == [{"event": "ping", "payload": {"n": 1}}]
+
+        for socket in sockets[:2]:
+            await socket.disconnect()
+        assert len(hub().feeds[acme.pk].sockets) == 1
+        await sockets[2].disconnect()
+        assert hub().feeds == {}
+
+    async_to_sync(scenario)()
