@@ -1,11 +1,12 @@
 """Live updates: what changed, pushed to the Channels group of the tenant it belongs to.
 
-Every member's websocket joins `tenant_group(tenant_id)` of each tenant they belong to (consumers
-check membership; this module only sends). A message on the group is
+Each web process reads `tenant_group(tenant_id)` once for the websockets of the tenant's members
+open there (dashboards/hub.py; the consumer checks membership; this module only sends). A
+message on the group is
 
     {"type": "fleet.event", "event": "<what happened>", "payload": {...}}
 
-so a consumer handles them all in one `fleet_event` method and forwards event and payload.
+and the dashboards forward event and payload, merged into frames (dashboards/coalesce.py).
 
 Pushes happen after the transaction commits: a dashboard never shows a change that rolled back.
 A push that fails (Redis away) is logged and dropped; the database stays the truth and the
