@@ -265,3 +265,16 @@ def test_the_overview_has_the_live_rollouts_panel(client, alice, make_release, f
     assert 'id="rollouts-in-progress"' in page
     assert 'data-live-url="/ota/rollouts/in-progress/"' in page
     assert "Spring update" in page
+
+
+def test_the_demo_seeds_signed_firmware_once(db, media_root):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call_command("seed_demo", devices=5, stdout=StringIO())
+    call_command("seed_demo", devices=5, stdout=StringIO())
+
+    releases = FirmwareRelease.objects.filter(tenant__slug="acme").order_by("version")
+    assert [r.version for r in releases] == ["2.0.1", "2.1.0"]
+    assert all(r.signing_key and r.device_types.get().name == "Freezer" for r in releases)

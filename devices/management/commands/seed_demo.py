@@ -260,6 +260,7 @@ class Command(BaseCommand):
             summary = self.seed(plan_devices(devices), password)
         self.report(summary, password, time.perf_counter() - started)
         self.seed_wear()
+        self.seed_firmware()
 
     def seed_wear(self) -> None:
         """A week of wear-indicator history (a few pumps degrading) and a first scoring, so the
@@ -275,6 +276,16 @@ class Command(BaseCommand):
             f"degrading; wrote {wear.readings:,} readings of history; {scored.at_risk} devices "
             f"at risk ({time.perf_counter() - started:.1f} s)."
         )
+
+    def seed_firmware(self) -> None:
+        """Signed demo releases for Acme's freezers, ready for the rollout wizard (ota/demo.py)."""
+        from ota.demo import seed_demo_firmware
+
+        acme = Tenant.objects.get(slug=TENANTS[0].slug)
+        freezer = DeviceType.objects.get(tenant=acme, name=FREEZER.name)
+        created = seed_demo_firmware(acme, freezer)
+        if created:
+            self.stdout.write(f"Firmware: {created} signed demo releases for Acme's freezers.")
 
     def seed(self, plan: list[PlannedDevice], password: str) -> Counter[str]:
         created: Counter[str] = Counter()
