@@ -4,6 +4,8 @@ its batch was handed over, and the acknowledgements do reach the broker."""
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from telemetry.ingest import IngestWorker
+from telemetry.ingest import BufferedSocket, IngestWorker
 from tests.servers import Mosquitto
 
 RECEIVE_MAXIMUM = 10
@@ -114,3 +116,23 @@ def test_nothing_is_acknowledged_before_its_batch_is_handed_over(mosquitto, work
     assert handover.messages == 0
     handover.release.set()
     assert wait_for(lambda: handover.messages == 100), f"{handover.messages} of 100 arrived"
+
+
+def test_the_buffered_socket_hands_out_what_one_read_brought_piece_by_piece():
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    buffered = BufferedSocket(ours)
+    with pytest.raises(BlockingIOError):
+        buffered.recv(1)  # nothing sent yet: the socket's own answer
+    broker.sendall(b"\x30\x05hello\x30\x03abc")
+    assert wait_for(lambda: select.select([ours], [], [], 0)[0])
+    assert buffered.recv(1) == b"\x30"  # one system call read all 12 bytes
+    assert (buffered.pending(), buffered.recv(1), buffered.recv(5)) == (11, b"\x05", b"hello")
+    assert buffered.recv(100) == b"\x30\x03abc"  # what is left, not more
+    assert buffered.pending() == 0
+    with pytest.raises(BlockingIOError):
+        buffered.recv(1)
+    broker.close()
+    assert buffered.recv(1) == b""  # the broker closed the connection
+    assert buffered.fileno() == ours.fileno()
+    ours.close()
