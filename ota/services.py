@@ -799,6 +799,17 @@ class Advance:
     timed_out: list[int] = field(default_factory=list)
     picked_up: int = 0
     outcome: str = ""
+    wave_started: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.dispatched
+            or self.timed_out
+            or self.picked_up
+            or self.wave_started
+            or self.outcome not in ("", "running")
+        )
 
     def run(self) -> str:
         self.time_out()
@@ -958,6 +969,7 @@ class Advance:
             current_wave=following.number, updated_at=self.now
         )
         self.rollout.current_wave = following.number
+        self.wave_started = True
         log.info("rollout %s: wave %d started", self.rollout.pk, following.number)
         return False
 
@@ -1073,8 +1085,10 @@ def advance_rollout(rollout_id: int, now: datetime | None = None) -> str:
             return "busy"
         if rollout.status != RolloutStatus.RUNNING:
             return rollout.status
-        outcome = Advance(rollout, now).run()
-        _push([rollout.pk])
+        step = Advance(rollout, now)
+        outcome = step.run()
+        if step.changed:
+            _push([rollout.pk])  # a beat that changed nothing sends nothing
     return outcome
 
 

@@ -450,3 +450,18 @@ def test_a_rollback_sends_the_previous_version_to_failed_and_updated_devices(
         u.device_id for u in sent[:8]
     }
     assert states(rollback)["sent"] == 8
+
+
+def test_a_beat_that_changes_nothing_pushes_nothing(make_release, fleet, monkeypatch):
+    fleet(4)
+    rollout = services.start_rollout(draft(make_release(), wave_plan=[100], max_concurrent=2))
+    pushed = []
+    monkeypatch.setattr(services, "push_many", lambda events: pushed.extend(events))
+
+    services.advance_rollout(rollout.pk)  # two devices still updating: nothing to do
+    assert pushed == []
+
+    install(updates(rollout, state=UpdateState.SENT))  # one push for the batch...
+    services.advance_rollout(rollout.pk)  # ...and one as two more devices are sent their job
+    assert [event for _, event, _ in pushed] == ["rollouts.progress", "rollouts.progress"]
+    assert pushed[-1][2]["counts"] == {"succeeded": 2, "sent": 2}
