@@ -40,6 +40,11 @@ def tenant_ids_of(user: Any) -> list[int]:
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
+    # No channel of its own: the hub reads the layer for every socket of the process. (A channel
+    # per socket also meant a receive per socket, cancelled at each disconnect, which redis-py
+    # turns into a TimeoutError that crashed the consumer before it could leave the hub.)
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         self.joined = False
         user = self.scope.get("user")

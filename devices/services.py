@@ -298,17 +298,35 @@ def add_tag(devices: Iterable[Device], tag: str) -> int:
     return changed
 
 
+@transaction.atomic
 def set_maintenance(devices: Iterable[Device], on: bool = True) -> int:
-    """Put devices into maintenance, or take them out (back to offline until they are heard)."""
+    """Put devices into maintenance, or take them out (back to offline until they are heard);
+    the dashboards hear of it (`devices.status`) once it commits."""
     ids = [d.pk for d in devices]
     queryset = Device.objects.filter(pk__in=ids)
     if on:
-        return queryset.exclude(status=DeviceStatus.MAINTENANCE).update(
-            status=DeviceStatus.MAINTENANCE, updated_at=timezone.now()
-        )
-    return queryset.filter(status=DeviceStatus.MAINTENANCE).update(
-        status=DeviceStatus.OFFLINE, updated_at=timezone.now()
+        changing = queryset.exclude(status=DeviceStatus.MAINTENANCE)
+        status = DeviceStatus.MAINTENANCE
+    else:
+        changing = queryset.filter(status=DeviceStatus.MAINTENANCE)
+        status = DeviceStatus.OFFLINE
+    changed = list(changing.select_for_update().values_list("pk", "tenant_id", "key", "last_seen"))
+    Device.objects.filter(pk__in=[pk for pk, *_ in changed]).update(
+        status=status, updated_at=timezone.now()
     )
+    by_tenant: dict[int, list[dict]] = defaultdict(list)
+    for _, tenant_id, key, last_seen in changed:
+        by_tenant[tenant_id].append(
+            {
+                "key": key,
+                "status": status,
+                "last_seen": last_seen.isoformat() if last_seen else None,
+            }
+        )
+    live.push_many(
+        (tenant_id, "devices.status", {"devices": items}) for tenant_id, items in by_tenant.items()
+    )
+    return len(changed)
 
 
 def _locked_shadow(device: Device) -> DeviceShadow:

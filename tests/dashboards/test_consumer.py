@@ -262,3 +262,17 @@ def test_sockets_of_one_tenant_share_one_feed_that_stops_with_the_last(layer, al
         assert hub().feeds == {}
 
     async_to_sync(scenario)()
+
+
+def test_a_tenants_feed_starts_again_after_its_last_socket_left(layer, alice, acme):
+    first, second = websocket(alice), websocket(alice)
+
+    async def scenario():
+        await connect(first)
+        await first.disconnect()
+        await connect(second)
+        await push(acme.pk, "ping", {"n": 2})
+        assert (await next_frame(second))["events"] == [{"event": "ping", "payload": {"n": 2}}]
+        await second.disconnect()
+
+    async_to_sync(scenario)()

@@ -117,3 +117,22 @@ def test_the_catch_up_view_names_the_devices_that_do_not_report_it_yet(acme, acm
 def test_an_empty_group_change_is_refused(acme_group):
     with pytest.raises(ValidationError):
         services.update_group_desired(acme_group, {})
+
+
+def test_putting_devices_in_maintenance_tells_the_dashboards(
+    acme, monkeypatch, django_capture_on_commit_callbacks
+):
+    from iotfleet import live
+
+    pushed: list = []
+    monkeypatch.setattr(live, "_send", pushed.extend)
+    devices = [make_device(acme, f"acme-m-{n}") for n in range(2)]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.set_maintenance(devices) == 2
+        assert services.set_maintenance(devices) == 0  # already there: nothing to say
+    [(tenant_id, event, payload)] = pushed
+    assert (tenant_id, event) == (acme.pk, "devices.status")
+    assert sorted((d["key"], d["status"]) for d in payload["devices"]) == [
+        ("acme-m-0", "maintenance"),
+        ("acme-m-1", "maintenance"),
+    ]
