@@ -397,6 +397,7 @@ class GroupDesiredForm(forms.Form):
     patch = JSONObjectField(
         label="Change",
         example='{"reporting_interval": 30}',
+        initial=dict,
         help_text="Merged into the desired state of the group and of each of its devices; a "
         "null removes a key.",
     )

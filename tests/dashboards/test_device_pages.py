@@ -300,3 +300,10 @@ def test_a_viewer_cannot_set_a_groups_desired_state(client, bob, acme_group):
 def test_another_tenants_group_is_not_found(client, carol, acme_group):
     client.force_login(carol)
     assert client.get(reverse("devices:group", args=[acme_group.pk])).status_code == 404
+
+
+def test_the_group_form_starts_from_an_empty_object(client, alice, acme_group):
+    client.force_login(alice)
+    form = client.get(reverse("devices:group", args=[acme_group.pk])).context["form"]
+    assert form["patch"].value() == {}
+    assert "null" not in str(form["patch"])
