@@ -26,6 +26,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from celery import shared_task
 from django.conf import settings
@@ -64,46 +65,108 @@ NOT_ON_RESOLVE = {ChannelKind.MQTT_COMMAND}
 def queue_notifications(alert_id: int, reason: str) -> list[int]:
     """Record and queue the deliveries `reason` calls for; returns the new Notification ids
     (throttled ones included). See the module docstring for who gets what."""
+    return queue_notifications_many([alert_id], reason).get(alert_id, [])
+
+
+def queue_notifications_many(alert_ids: Iterable[int], reason: str) -> dict[int, list[int]]:
+    """queue_notifications for several alerts at once, as alerts/services.py calls it on commit:
+    a storm opens hundreds of alerts in one batch, and three queries an alert (lock it, read its
+    rule's steps, mark it notified) cost more than evaluating the rules. Here a few queries
+    serve them all; then each alert's deliveries, for those whose rule or tenant has channels.
+    Returns alert id -> the new Notification ids."""
     if reason not in {"opened", "offline", "maintenance", "resolved"}:
         raise ValueError(f"queue_notifications: unknown reason {reason!r}")
+    ids = sorted(set(alert_ids))
+    if not ids:
+        return {}
     now = timezone.now()
     with transaction.atomic():
-        alert = (
-            Alert.objects.select_for_update(of=("self",))
-            .select_related("rule", "device")
-            .filter(pk=alert_id)
-            .first()
-        )
-        if alert is None:
-            return []
+        # Locked and read as rows: whole alerts (with rule and device) only for those that
+        # have someone to notify, below.
+        alerts = [
+            _AlertKeys(*row)
+            for row in Alert.objects.select_for_update()
+            .filter(pk__in=ids)
+            .order_by("pk")
+            .values_list("pk", "rule_id", "tenant_id")
+        ]
+        if not alerts:
+            return {}
+        channels: dict[int, list[NotificationChannel]] = {}
         if reason == "opened":
-            steps = rule_steps(alert)
-            first = _next_step(steps, 0)
-            Alert.objects.filter(pk=alert.pk).update(
-                escalation_level=first or 0, notified_at=now, reminded_at=None
+            steps_of = _rule_steps_many({alert.rule_id for alert in alerts if alert.rule_id})
+            levels: dict[int, list[int]] = {}
+            for alert in alerts:
+                steps = steps_of.get(alert.rule_id, [])
+                first = _next_step(steps, 0)
+                levels.setdefault(first or 0, []).append(alert.pk)
+                channels[alert.pk] = [] if first is None else steps[first]
+            for level, pks in levels.items():
+                Alert.objects.filter(pk__in=pks).update(
+                    escalation_level=level, notified_at=now, reminded_at=None
+                )
+        elif reason in ("offline", "maintenance"):
+            Alert.objects.filter(pk__in=[alert.pk for alert in alerts]).update(
+                notified_at=now, reminded_at=None
             )
-            channels = [] if first is None else steps[first]
-        elif reason == "offline":
-            Alert.objects.filter(pk=alert.pk).update(notified_at=now, reminded_at=None)
-            channels = list(
-                NotificationChannel.objects.filter(
-                    tenant_id=alert.tenant_id, for_offline=True, is_enabled=True
-                ).order_by("pk")
-            )
-        elif reason == "maintenance":
-            Alert.objects.filter(pk=alert.pk).update(notified_at=now, reminded_at=None)
-            channels = list(
-                NotificationChannel.objects.filter(
-                    tenant_id=alert.tenant_id, for_maintenance=True, is_enabled=True
-                ).order_by("pk")
-            )
+            wanted = {"for_offline" if reason == "offline" else "for_maintenance": True}
+            by_tenant = {
+                tenant_id: list(
+                    NotificationChannel.objects.filter(
+                        tenant_id=tenant_id, is_enabled=True, **wanted
+                    ).order_by("pk")
+                )
+                for tenant_id in {alert.tenant_id for alert in alerts}
+            }
+            channels = {alert.pk: by_tenant[alert.tenant_id] for alert in alerts}
         else:
-            channels = [
-                channel
-                for channel in channels_notified(alert)
-                if channel.kind not in NOT_ON_RESOLVE
-            ]
-        return _queue(alert, channels, reason, now)
+            notified = _channels_notified_many([alert.pk for alert in alerts])
+            channels = {
+                alert.pk: [c for c in notified.get(alert.pk, []) if c.kind not in NOT_ON_RESOLVE]
+                for alert in alerts
+            }
+        queued: dict[int, list[int]] = {alert.pk: [] for alert in alerts}
+        if any(channels.values()):
+            for alert in (
+                Alert.objects.select_related("rule", "device")
+                .filter(pk__in=[pk for pk, found in channels.items() if found])
+                .order_by("pk")
+            ):
+                queued[alert.pk] = _queue(alert, channels[alert.pk], reason, now)
+        return queued
+
+
+class _AlertKeys(NamedTuple):
+    pk: int
+    rule_id: int | None
+    tenant_id: int
+
+
+def _rule_steps_many(rule_ids: set[int]) -> dict[int, list[list[NotificationChannel]]]:
+    """rule_steps() of several rules, in one query."""
+    steps: dict[int, dict[int, list[NotificationChannel]]] = {}
+    rows = RuleChannel.objects.filter(rule_id__in=rule_ids).select_related("channel")
+    for row in rows.order_by("rule_id", "position", "pk"):
+        steps.setdefault(row.rule_id, {}).setdefault(row.position, []).append(row.channel)
+    return {rule_id: list(by_position.values()) for rule_id, by_position in steps.items()}
+
+
+def _channels_notified_many(alert_ids: list[int]) -> dict[int, list[NotificationChannel]]:
+    """channels_notified() of several alerts, in two queries."""
+    pairs = set(
+        Notification.objects.filter(alert_id__in=alert_ids)
+        .exclude(status=NotificationStatus.THROTTLED)
+        .exclude(reason="resolved")
+        .values_list("alert_id", "channel_id")
+    )
+    found = NotificationChannel.objects.filter(
+        pk__in={channel_id for _, channel_id in pairs}, is_enabled=True
+    ).order_by("pk")
+    by_alert: dict[int, list[NotificationChannel]] = {}
+    for channel in found:
+        for alert_id in sorted(alert_id for alert_id, c in pairs if c == channel.pk):
+            by_alert.setdefault(alert_id, []).append(channel)
+    return by_alert
 
 
 def rule_steps(alert: Alert) -> list[list[NotificationChannel]]:

@@ -25,8 +25,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+import psycopg
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
@@ -46,6 +47,18 @@ OPENED, OFFLINE, RESOLVED, MAINTENANCE = "opened", "offline", "resolved", "maint
 PUSH_CHUNK = 200
 TITLE_MAX = Alert._meta.get_field("title").max_length
 COUNT_MAX = 2**31 - 1
+
+
+class RuleFacts(NamedTuple):
+    """What alerting needs of a rule (a storm reads its rules every batch: no model instances)."""
+
+    tenant_id: int
+    name: str
+    kind: str
+    condition: str
+    metric: str
+    for_duration: timedelta
+    severity: str
 
 
 @dataclass(frozen=True)
@@ -99,9 +112,12 @@ def record_breaches(breaches: Sequence[Breach]) -> None:
     if not merged:
         return
     now = timezone.now()
-    rules = Rule.objects.only(
-        "tenant_id", "name", "kind", "condition", "metric", "for_duration", "severity"
-    ).in_bulk({rule_id for rule_id, _ in merged})
+    rules = {
+        row[0]: RuleFacts(*row[1:])
+        for row in Rule.objects.filter(pk__in={rule_id for rule_id, _ in merged}).values_list(
+            "pk", *RuleFacts._fields
+        )
+    }
     devices = {
         pk: (tenant_id, name)
         for pk, tenant_id, name in Device.objects.filter(
@@ -141,7 +157,7 @@ def record_clears(clears: Sequence[tuple[int, int, datetime]]) -> None:
     if not earliest:
         return
     keys = sorted(earliest)
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), _cursor() as cursor:
         cursor.execute(
             """
             UPDATE alerts_alert a SET cleared_at = v.at, updated_at = %s
@@ -173,7 +189,7 @@ def auto_resolve(resolutions: Sequence[tuple[int, int, datetime]]) -> None:
         return
     keys = sorted(latest)
     now = timezone.now()
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), _cursor() as cursor:
         cursor.execute(
             """
             UPDATE alerts_alert a SET state = %s, resolved_at = v.at, resolved_by_id = NULL,
@@ -584,6 +600,40 @@ def alert_payload(alert: Alert) -> dict[str, Any]:
     }
 
 
+PAYLOAD_FIELDS = (
+    "id", "tenant_id", "kind", "state", "severity", "title", "device__key", "rule_id", "count",
+    "reopened", "values", "first_triggered_at", "last_triggered_at", "cleared_at",
+    "acknowledged_at", "acknowledged_by__username", "resolved_at", "resolved_by__username",
+)  # fmt: skip
+
+
+def _row_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """alert_payload() of an alert read as PAYLOAD_FIELDS values."""
+
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "state": row["state"],
+        "severity": row["severity"],
+        "title": row["title"],
+        "device": row["device__key"],
+        "rule": row["rule_id"],
+        "count": row["count"],
+        "reopened": row["reopened"],
+        "values": row["values"],
+        "first_triggered_at": iso(row["first_triggered_at"]),
+        "last_triggered_at": iso(row["last_triggered_at"]),
+        "cleared_at": iso(row["cleared_at"]),
+        "acknowledged_at": iso(row["acknowledged_at"]),
+        "acknowledged_by": row["acknowledged_by__username"],
+        "resolved_at": iso(row["resolved_at"]),
+        "resolved_by": row["resolved_by__username"],
+    }
+
+
 # --- Titles -------------------------------------------------------------------------------------
 
 
@@ -596,7 +646,7 @@ def duration_in_words(span: timedelta) -> str:
     return _plural(seconds, "second")
 
 
-def alert_title(rule: Rule, device_name: str) -> str:
+def alert_title(rule: Rule | RuleFacts, device_name: str) -> str:
     """ "<rule name>: <condition> on <device name>", the condition in the operator's words."""
     if rule.kind == RuleKind.NO_DATA:
         what = f"no {rule.metric} data" if rule.metric else "no data"
@@ -646,13 +696,13 @@ def _json_values(values: dict[str, Any]) -> str:
 
 def _upsert_rule_alerts(
     breaches: list[Breach],
-    rules: dict[int, Rule],
+    rules: dict[int, RuleFacts],
     devices: dict[int, tuple[int, str]],
     now: datetime,
 ) -> list[tuple[int, bool]]:
     """(alert id, newly opened, tenant id, count, last triggered, state) per breach, in one
     statement."""
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(
             """
             INSERT INTO alerts_alert (tenant_id, kind, rule_id, device_id, severity, state, title,
@@ -694,6 +744,14 @@ def _upsert_rule_alerts(
             ],
         )
         return [(row[0], bool(row[1]), *row[2:]) for row in cursor.fetchall()]
+
+
+def _cursor() -> psycopg.Cursor:
+    """psycopg's own cursor on Django's connection, in its transaction: parameters bound on the
+    server, arrays sent as binary. Django's cursor quotes every element of the arrays of a
+    storm's hundreds of alerts in Python."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def _reopen_flapping(kind: str, keys: list[tuple[int, ...]], at: datetime | None) -> dict[int, int]:
@@ -809,13 +867,21 @@ def _notify(alert_ids: list[int], reason: str) -> None:
     ids = sorted(set(alert_ids))
 
     def queue() -> None:
-        from alerts.notifications import queue_notifications
+        from alerts.notifications import queue_notifications_many
 
-        for alert_id in ids:
-            try:
-                queue_notifications(alert_id, reason)
-            except Exception:
-                log.exception("queueing the %s notifications of alert %s failed", reason, alert_id)
+        try:
+            queue_notifications_many(ids, reason)
+        except Exception:
+            log.exception(
+                "queueing the %s notifications of %d alerts failed; one by one", reason, len(ids)
+            )
+            for alert_id in ids:
+                try:
+                    queue_notifications_many([alert_id], reason)
+                except Exception:
+                    log.exception(
+                        "queueing the %s notifications of alert %s failed", reason, alert_id
+                    )
 
     transaction.on_commit(queue, robust=True)
 
@@ -826,10 +892,10 @@ def _push_alerts(alert_ids: Iterable[int]) -> None:
     if not ids:
         return
     by_tenant: dict[int, list[dict]] = defaultdict(list)
-    for alert in Alert.objects.filter(pk__in=ids).select_related(
-        "device", "acknowledged_by", "resolved_by"
-    ):
-        by_tenant[alert.tenant_id].append(alert_payload(alert))
+    # Rows, not model instances: a storm pushes hundreds of alerts a batch, and instantiating
+    # each with its device and users (and their init signals) cost more than the query.
+    for row in Alert.objects.filter(pk__in=ids).order_by("pk").values(*PAYLOAD_FIELDS):
+        by_tenant[row["tenant_id"]].append(_row_payload(row))
     live.push_many(
         (tenant_id, "alerts.changed", {"alerts": payloads[start : start + PUSH_CHUNK]})
         for tenant_id, payloads in by_tenant.items()

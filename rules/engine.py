@@ -12,8 +12,10 @@ remembers between batches. It
 4. runs the state machine (breaching since, firing, clear since, hysteresis) only for the devices
    that broke or were already breaching or firing: a quiet device costs nothing per row.
 
-Live evaluation keeps the states in `RuleState` (loaded and upserted once per batch) and turns the
-core's output into alerts.services calls; the back-test keeps them in memory and only counts.
+Live evaluation keeps the states in `RuleState` (loaded and upserted once per batch) and the window
+statistics in `DeviceWindows` (one binary row per device, shared by the rules using a term), and
+turns the core's output into alerts.services calls; the back-test keeps them in memory and only
+counts.
 Times are device time (reading timestamps), in epoch milliseconds inside this module.
 """
 
@@ -46,11 +48,12 @@ MINUTE_MS = 60_000
 # A metric's value is carried forward from history for at most this long before the row that
 # needs it (a message carrying only some of a compound rule's metrics).
 CARRY_LOOKBACK = timedelta(days=1)
-# The running statistics of one window term on one device, stored as a list in
-# RuleState.windows[term key]: last reading time, last value, weighted mean (or smoothed rate),
-# weighted sum of squared deviations, readings seen, the term's last output, weight sum.
+# The running statistics of one window term on one device (DeviceWindows.stats, a row of 7
+# floats per term): last reading time, last value, weighted mean (or smoothed rate), weighted sum
+# of squared deviations, readings seen, the term's last output, weight sum.
 T, X, M, V, N, OUT, W = range(7)
 EMPTY_WINDOW = (NAN, NAN, NAN, NAN, 0.0, NAN, 0.0)
+WIDTH = len(EMPTY_WINDOW)
 ZSCORE_MIN_HISTORY = 10
 
 
@@ -153,7 +156,8 @@ class DeviceState:
     clear_since: int | None = None
     last_time: int | None = None
     values: dict[str, list[float]] = field(default_factory=dict)  # name -> [ts_ms, value]
-    windows: dict[str, list[float]] = field(default_factory=dict)  # term key -> EMPTY_WINDOW
+    # term key -> EMPTY_WINDOW-like row: the back-test's; live evaluation uses DeviceWindows
+    windows: dict[str, list[float]] = field(default_factory=dict)
     stored: bool = False  # a RuleState row exists
 
     @property
@@ -198,12 +202,23 @@ def segments(dev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, seg
 
 
-def carry_forward(
-    x: np.ndarray, seg: np.ndarray, starts: np.ndarray, initial: np.ndarray
-) -> np.ndarray:
-    """Each row's value, else the device's last earlier value in the rows, else `initial`."""
+def last_present(x: np.ndarray) -> np.ndarray:
+    """For each row, the index of the last row at or before it where `x` is known (-1: none)."""
     index = np.where(np.isnan(x), -1, np.arange(len(x)))
-    last = np.maximum.accumulate(index) if len(x) else index
+    return np.maximum.accumulate(index) if len(x) else index
+
+
+def carry_forward(
+    x: np.ndarray,
+    seg: np.ndarray,
+    starts: np.ndarray,
+    initial: np.ndarray,
+    last: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each row's value, else the device's last earlier value in the rows, else `initial`.
+    `last`: last_present(x), when the caller has it."""
+    if last is None:
+        last = last_present(x)
     own = last >= starts[seg]
     return np.where(own, x[np.maximum(last, 0)], initial[seg])
 
@@ -266,13 +281,24 @@ def advance_window(
 def window_column(
     term: Any, x: np.ndarray, ts: np.ndarray, seg: np.ndarray, starts: np.ndarray, states: list
 ) -> np.ndarray:
-    """A window term's value at every row: advanced at the rows carrying its metric (per device
-    in time order, vectorised over devices), carried forward at the others."""
+    """A window term's value at every row, its statistics kept in each device's DeviceState
+    (the back-test's way; live evaluation keeps them in DeviceWindows: advance_term)."""
     key = term.key
-    stats = np.array(
-        [[NAN if v is None else v for v in s.windows.get(key, EMPTY_WINDOW)] for s in states],
-        dtype=np.float64,
-    ).reshape(len(states), len(EMPTY_WINDOW))
+    stats = np.array([s.windows.get(key, EMPTY_WINDOW) for s in states], dtype=np.float64).reshape(
+        len(states), WIDTH
+    )
+    column = advance_term(term, x, ts, seg, starts, stats)
+    for s, row in zip(states, stats.tolist(), strict=True):
+        s.windows[key] = row
+    return column
+
+
+def advance_term(
+    term: Any, x: np.ndarray, ts: np.ndarray, seg: np.ndarray, starts: np.ndarray, stats: np.ndarray
+) -> np.ndarray:
+    """A window term's value at every row: advanced at the rows carrying its metric (per device
+    in time order, vectorised over devices), carried forward at the others. `stats`: one row of
+    statistics per device of the rows (in their order), advanced in place."""
     before = stats[:, OUT].copy()
     out = np.full(len(x), NAN)
     present = np.flatnonzero(~np.isnan(x))
@@ -291,8 +317,6 @@ def window_column(
             block = stats[devices]
             out[rows] = advance_window(term.function, tau, block, x[rows], ts[rows])
             stats[devices] = block
-        for s, row in zip(states, stats.tolist(), strict=True):
-            s.windows[key] = row
     return carry_forward(out, seg, starts, before)
 
 
@@ -304,6 +328,7 @@ def evaluate_rows(
     states: dict[int, DeviceState],
     keep_all: bool = True,
     terms: Mapping[str, np.ndarray] | None = None,
+    selection: Selection | None = None,
 ) -> Evaluation:
     """Evaluate `rule` over rows sorted by (device, time): `raw[name]` is the metric's value at
     each row (NaN where the row does not carry it). Rows at or before a device's `last_time` are
@@ -311,20 +336,23 @@ def evaluate_rows(
     evaluation) a state is created only for a device that breaks: the others have nothing worth
     remembering. `terms`: the window terms' columns, computed by the caller (live evaluation
     shares them between the rules that use the same term); else computed here, their statistics
-    kept in each device's state."""
+    kept in each device's state. `selection`: these rows' segments and carry indices, shared by
+    the rules reading the same metrics of the same devices (live evaluation)."""
     result = Evaluation()
     if not len(ts):
         return result
-    starts, seg = segments(dev)
-    ids = dev[starts].tolist()
-    known = [states.get(d) for d in ids] if states else [None] * len(ids)
-    held = [i for i, s in enumerate(known) if s is not None]  # few, in live evaluation
+    starts, seg = (selection.starts, selection.seg) if selection else segments(dev)
+    ids = dev[starts]
+    # Position (in `ids`) -> state, for the devices that have one: in live evaluation a few
+    # among thousands, so everything below costs per state, not per device.
+    known = _known(ids, states)
     last = np.full(len(ids), -1, dtype=np.int64)
-    for i in held:
-        if known[i].last_time is not None:
-            last[i] = known[i].last_time
+    for i, s in known.items():
+        if s.last_time is not None:
+            last[i] = s.last_time
     fresh = ts > last[seg]
     if not fresh.all():
+        selection = None  # other rows: the shared segments and indices do not fit
         dev, ts = dev[fresh], ts[fresh]
         raw = {name: x[fresh] for name, x in raw.items()}
         if terms is not None:
@@ -332,53 +360,70 @@ def evaluate_rows(
         if not len(ts):
             return result
         starts, seg = segments(dev)
-        ids = dev[starts].tolist()
-        known = [states.get(d) for d in ids]
+        ids = dev[starts]
+        known = _known(ids, states)
     expression = rule.expression
     if keep_all or (expression.terms and terms is None):
-        known = [s if s is not None else states.setdefault(d, DeviceState()) for s, d in
-                 zip(known, ids, strict=True)]  # fmt: skip
-    held = [i for i, s in enumerate(known) if s is not None]
+        known = {i: states.setdefault(d, DeviceState()) for i, d in enumerate(ids.tolist())}
     columns: dict[str, np.ndarray] = {}
     for name, x in raw.items():
         initial = np.full(len(ids), NAN)
-        for i in held:
-            if name in known[i].values:
-                initial[i] = known[i].values[name][1]
-        columns[name] = carry_forward(x, seg, starts, initial)
-    for term in expression.terms:
-        if terms is not None:
-            columns[term.key] = terms[term.key]
-        else:
-            columns[term.key] = window_column(term, raw[term.metric], ts, seg, starts, known)
+        for i, s in known.items():
+            if name in s.values:
+                initial[i] = s.values[name][1]
+        lasts = selection.last(name) if selection else None
+        columns[name] = carry_forward(x, seg, starts, initial, lasts)
+    if expression.terms:
+        ordered = [known[i] for i in range(len(ids))] if terms is None else []
+        for term in expression.terms:
+            if terms is not None:
+                columns[term.key] = terms[term.key]
+            else:
+                columns[term.key] = window_column(term, raw[term.metric], ts, seg, starts, ordered)
     result.columns = columns
     breaking = np.asarray(expression.evaluate(columns), dtype=bool)
     counts = np.add.reduceat(breaking.astype(np.int64), starts)
     ends = np.r_[starts[1:], len(ts)]
     busy = np.zeros(len(ids), dtype=bool)
-    busy[[i for i in held if not known[i].idle]] = True
+    busy[[i for i, s in known.items() if not s.idle]] = True
     for i in np.flatnonzero((counts > 0) | busy).tolist():
-        if known[i] is None:
-            known[i] = states.setdefault(ids[i], DeviceState())
+        device_id = int(ids[i])
+        s = known.get(i)
+        if s is None:
+            s = known[i] = states.setdefault(device_id, DeviceState())
         a, b = int(starts[i]), int(ends[i])
-        run_machine(rule, known[i], ids[i], ts[a:b].tolist(), breaking[a:b].tolist(), a, result)
-        result.breaking[ids[i]] += int(counts[i])
+        run_machine(rule, s, device_id, ts[a:b].tolist(), breaking[a:b].tolist(), a, result)
+        result.breaking[device_id] += int(counts[i])
     # What the next rows need: each metric's last value and the last time seen.
-    kept = [i for i, s in enumerate(known) if s is not None]
-    result.devices = [ids[i] for i in kept]
+    kept = sorted(known)
+    result.devices = ids[kept].tolist()
     if not kept:
         return result
     last_rows = (ends - 1)[kept]
     kept_starts = starts[kept].tolist()
     for name, x in raw.items():
-        index = np.where(np.isnan(x), -1, np.arange(len(x)))
-        latest = np.maximum.accumulate(index)[last_rows].tolist()
+        lasts = selection.last(name) if selection else last_present(x)
+        latest = lasts[last_rows].tolist()
         for i, row, start in zip(kept, latest, kept_starts, strict=True):
             if row >= start:
                 known[i].values[name] = [int(ts[row]), float(x[row])]
     for i, t in zip(kept, ts[last_rows].tolist(), strict=True):
         known[i].last_time = t
     return result
+
+
+def _known(ids: np.ndarray, states: dict[int, DeviceState]) -> dict[int, DeviceState]:
+    """Position in `ids` (sorted device ids) -> state, for the devices `states` has."""
+    if not states:
+        return {}
+    held = np.fromiter(states, dtype=np.int64, count=len(states))
+    positions = np.searchsorted(ids, held)
+    found = positions < len(ids)
+    found[found] = ids[positions[found]] == held[found]
+    return {
+        int(i): states[d]
+        for i, d in zip(positions[found].tolist(), held[found].tolist(), strict=True)
+    }
 
 
 def run_machine(
@@ -450,7 +495,7 @@ class BatchRows:
     """A batch's readings as rows: one per distinct (device, time), sorted, and per metric a
     column of values (NaN where the row has none)."""
 
-    def __init__(self, readings: Sequence[tuple[int, int, int, float]]) -> None:
+    def __init__(self, readings: Sequence[tuple[int, int, int, float]] | np.ndarray) -> None:
         table = np.asarray(readings, dtype=np.float64).reshape(-1, 4)
         dev = table[:, 0].astype(np.int64)
         metric = table[:, 1].astype(np.int64)
@@ -489,35 +534,48 @@ LOAD_STATES = """
 SELECT rule_id, device_id, breaching, firing,
     (extract(epoch FROM since) * 1000)::bigint, (extract(epoch FROM clear_since) * 1000)::bigint,
     (extract(epoch FROM last_time) * 1000)::bigint,
-    CASE WHEN rule_id = ANY(%s) THEN "values"::text END, NULLIF(windows::text, '{}')
-FROM rules_rulestate WHERE rule_id = ANY(%s) AND device_id = ANY(%s)
+    CASE WHEN rule_id = ANY(%b::bigint[]) THEN "values"::text END
+FROM rules_rulestate WHERE rule_id = ANY(%b::bigint[]) AND device_id = ANY(%b::bigint[])
 """
 EPOCH_MS = "timestamptz 'epoch' + {} * interval '1 millisecond'"
 UPSERT_STATES = f"""
 INSERT INTO rules_rulestate AS s
-    (rule_id, device_id, breaching, firing, since, clear_since, last_time, "values", windows,
-     updated_at)
+    (rule_id, device_id, breaching, firing, since, clear_since, last_time, "values", updated_at)
 SELECT u.r, u.d, u.b, u.f, {EPOCH_MS.format("u.s")}, {EPOCH_MS.format("u.c")},
-    {EPOCH_MS.format("u.l")}, u.v::jsonb, u.w::jsonb, now()
+    {EPOCH_MS.format("u.l")}, u.v::jsonb, now()
 FROM unnest(%b::bigint[], %b::bigint[], %b::bool[], %b::bool[], %b::bigint[], %b::bigint[],
-            %b::bigint[], %b::text[], %b::text[]) AS u(r, d, b, f, s, c, l, v, w)
+            %b::bigint[], %b::text[]) AS u(r, d, b, f, s, c, l, v)
 ORDER BY u.r, u.d
 ON CONFLICT (rule_id, device_id) DO UPDATE SET
     breaching = EXCLUDED.breaching, firing = EXCLUDED.firing, since = EXCLUDED.since,
     clear_since = EXCLUDED.clear_since, last_time = EXCLUDED.last_time,
-    "values" = EXCLUDED."values", windows = EXCLUDED.windows, updated_at = EXCLUDED.updated_at
+    "values" = EXCLUDED."values", updated_at = EXCLUDED.updated_at
 WHERE s.last_time IS NULL OR EXCLUDED.last_time IS NULL OR s.last_time <= EXCLUDED.last_time
 """  # noqa: S608 (constant fragments)
 UPDATE_STATES = f"""
 UPDATE rules_rulestate s SET
     breaching = u.b, firing = u.f, since = {EPOCH_MS.format("u.s")},
     clear_since = {EPOCH_MS.format("u.c")}, last_time = {EPOCH_MS.format("u.l")},
-    "values" = u.v::jsonb, windows = u.w::jsonb, updated_at = now()
+    "values" = u.v::jsonb, updated_at = now()
 FROM unnest(%b::bigint[], %b::bigint[], %b::bool[], %b::bool[], %b::bigint[], %b::bigint[],
-            %b::bigint[], %b::text[], %b::text[]) AS u(r, d, b, f, s, c, l, v, w)
+            %b::bigint[], %b::text[]) AS u(r, d, b, f, s, c, l, v)
 WHERE s.rule_id = u.r AND s.device_id = u.d
     AND (s.last_time IS NULL OR u.l IS NULL OR s.last_time <= {EPOCH_MS.format("u.l")})
 """  # noqa: S608 (constant fragments)
+LOAD_WINDOWS = """
+SELECT device_id, terms, stats FROM rules_devicewindows WHERE device_id = ANY(%b::bigint[])
+"""
+WINDOWS_STAGE = "rules_windows_stage"
+CREATE_WINDOWS_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS {WINDOWS_STAGE} (device_id bigint, terms text, stats bytea)
+ON COMMIT DELETE ROWS;
+DELETE FROM {WINDOWS_STAGE}
+"""  # noqa: S608 (constant names)
+SAVE_WINDOWS = f"""
+INSERT INTO rules_devicewindows AS w (device_id, terms, stats)
+SELECT device_id, terms, stats FROM {WINDOWS_STAGE} ORDER BY device_id
+ON CONFLICT (device_id) DO UPDATE SET terms = EXCLUDED.terms, stats = EXCLUDED.stats
+"""  # noqa: S608 (constant names)
 DELETE_STATES = """
 DELETE FROM rules_rulestate s USING unnest(%s::bigint[], %s::bigint[]) AS u(r, d)
 WHERE s.rule_id = u.r AND s.device_id = u.d
@@ -534,18 +592,41 @@ CROSS JOIN LATERAL (
 """
 
 
+RULES_FINGERPRINT = f"""
+SELECT id, md5(ROW(tenant_id, device_type_id, kind, condition, metric, for_duration, hysteresis,
+    group_id, tag, device_id, name, updated_at)::text)
+FROM {Rule._meta.db_table} WHERE is_enabled AND device_type_id = ANY(%s) ORDER BY id
+"""  # noqa: S608 (table name from the model)
+METRICS_OF_TYPES = f"""
+SELECT device_type_id, name, id FROM {Metric._meta.db_table}
+WHERE device_type_id = ANY(%b::bigint[]) ORDER BY device_type_id, name
+"""  # noqa: S608 (table name from the model)
+# Device types -> (the enabled rules' fingerprint, their types' metrics, the rules compiled).
+_compiled: dict[frozenset[int], tuple[list, list, list[CompiledRule]]] = {}
+
+
 def _load_rules(type_ids: set[int]) -> list[CompiledRule]:
-    rows = list(
-        Rule.objects.filter(is_enabled=True, device_type_id__in=type_ids)
-        .order_by("id")
-        .only(*RULE_FIELDS)
-    )
-    if not rows:
+    """The enabled rules of these device types, compiled. A batch asks only what the rules and
+    their types' metrics are now (a fingerprint of every field evaluation reads, and the metric
+    names): while those are unchanged, the rules compiled for the last batch serve again
+    (loading and compiling 100 rules was a tenth of a batch's evaluation)."""
+    with connection.cursor() as cursor:  # the one query of a batch without rules
+        cursor.execute(RULES_FINGERPRINT, [sorted(type_ids)])
+        fingerprint = cursor.fetchall()
+    if not fingerprint:
         return []
+    with _cursor() as cursor:
+        cursor.execute(METRICS_OF_TYPES, [sorted(type_ids)])
+        metric_rows = cursor.fetchall()
+    key = frozenset(type_ids)
+    cached = _compiled.get(key)
+    if cached is not None and cached[0] == fingerprint and cached[1] == metric_rows:
+        return cached[2]
+    rows = list(
+        Rule.objects.filter(pk__in=[pk for pk, _ in fingerprint]).order_by("id").only(*RULE_FIELDS)
+    )
     metrics: dict[int, dict[str, int]] = defaultdict(dict)
-    for type_id, name, metric_id in Metric.objects.filter(
-        device_type_id__in={rule.device_type_id for rule in rows}
-    ).values_list("device_type_id", "name", "id"):
+    for type_id, name, metric_id in metric_rows:
         metrics[type_id][name] = metric_id
     compiled = []
     for rule in rows:
@@ -558,6 +639,9 @@ def _load_rules(type_ids: set[int]) -> list[CompiledRule]:
                 rule.name,
                 error,
             )
+    if len(_compiled) > 1000:
+        _compiled.clear()
+    _compiled[key] = (fingerprint, metric_rows, compiled)
     return compiled
 
 
@@ -597,88 +681,198 @@ def _scopes(
     return scopes
 
 
-def _state_json(s: DeviceState, rule: CompiledRule) -> tuple[str, str]:
-    """RuleState.values and .windows as JSON text (NaN, which JSON lacks, as null)."""
-    several = len(rule.metrics) > 1  # a single metric is never carried from the last batch
-    values = {name: s.values[name] for name in rule.metrics if several and name in s.values}
-    windows = {key: [None if v != v else v for v in row] for key, row in s.windows.items()}
-    return json.dumps(values), json.dumps(windows)
+def _values_json(s: DeviceState, rule: CompiledRule) -> str:
+    """RuleState.values as JSON text: the carried values of a rule reading several metrics (a
+    single metric is never carried from the last batch)."""
+    if len(rule.metrics) < 2 or not s.values:
+        return "{}"
+    return json.dumps({name: s.values[name] for name in rule.metrics if name in s.values})
+
+
+class Selection:
+    """The rows of a batch that rules reading the same metrics of the same devices evaluate,
+    prepared once for all of them: 100 rules over one fleet read a handful of metric sets."""
+
+    def __init__(self, batch: BatchRows, devices: frozenset[int], metrics: dict[str, int]):
+        raw = {name: batch.column(metric_id) for name, metric_id in metrics.items()}
+        present = np.zeros(batch.size, dtype=bool)
+        for x in raw.values():
+            present |= ~np.isnan(x)
+        self.rows = np.flatnonzero(batch.in_devices(devices) & present)
+        self.dev, self.ts = batch.dev[self.rows], batch.ts[self.rows]
+        self.raw = {name: x[self.rows] for name, x in raw.items()}
+        self.starts, self.seg = segments(self.dev)
+        self._last: dict[str, np.ndarray] = {}
+        self._terms: dict[str, np.ndarray] = {}
+
+    def last(self, name: str) -> np.ndarray:
+        if name not in self._last:
+            self._last[name] = last_present(self.raw[name])
+        return self._last[name]
+
+    def term(self, key: str, shared: dict[str, np.ndarray]) -> np.ndarray:
+        if key not in self._terms:
+            self._terms[key] = shared[key][self.rows]
+        return self._terms[key]
 
 
 @dataclass
 class Prepared:
     rule: CompiledRule
-    rows: np.ndarray
-    dev: np.ndarray
-    ts: np.ndarray
-    raw: dict[str, np.ndarray]
+    selection: Selection
 
 
-def _term_owners(
+def _term_scopes(
     rules: list[CompiledRule], scopes: dict[int, frozenset[int]]
-) -> dict[Any, dict[int, int]]:
-    """Window term -> device -> the rule whose state keeps the term's statistics on the device.
+) -> dict[Any, frozenset[int]]:
+    """Window term -> the batch's devices of the rules that use it. A term's statistics depend on
+    the device's readings only: the rules sharing a term share them (DeviceWindows)."""
+    devices: dict[Any, set[int]] = defaultdict(set)
+    for rule in rules:
+        if not rule.no_data and rule.windowed:
+            for term in rule.expression.terms:
+                devices[term].update(scopes[rule.id])
+    return {term: frozenset(ids) for term, ids in devices.items()}
 
-    The statistics of a term depend on the device's readings only, so the rules that use it
-    share one copy; and one row per device keeps all of them: that of the first rule (by id)
-    with window terms that applies to the device. Reading and writing a row per rule and device
-    cost ten times the evaluation itself (bench/rules.py)."""
-    keeper: dict[int, int] = {}
-    owners: dict[Any, dict[int, int]] = {}
-    for rule in sorted(rules, key=lambda r: r.id):
-        if rule.no_data or not rule.windowed:
-            continue
-        for device_id in scopes[rule.id].difference(keeper):
-            keeper[device_id] = rule.id
-        for term in rule.expression.terms:
-            mine = owners.setdefault(term, {})
-            for device_id in scopes[rule.id].difference(mine):
-                mine[device_id] = keeper[device_id]
-    return owners
+
+class Windows:
+    """The window statistics of a batch's devices (DeviceWindows), kept as stored: for each
+    distinct list of terms, the devices with it and their statistics as one array (devices x
+    terms x WIDTH). A fleet's devices share a few such lists (the rules of their type), so
+    reading and writing a thousand devices' rows is a few numpy operations, not a loop."""
+
+    def __init__(self) -> None:
+        # (term keys, device ids ascending, stats of shape (devices, terms, WIDTH))
+        self.groups: list[tuple[tuple[str, ...], np.ndarray, np.ndarray]] = []
+
+    @classmethod
+    def load(cls, device_ids: list[int]) -> Windows:
+        found: dict[str, tuple[list[int], list[bytes]]] = {}
+        with _cursor() as cursor:
+            cursor.execute(LOAD_WINDOWS, [device_ids], binary=True)
+            for device_id, terms, stats in cursor:
+                ids, blobs = found.setdefault(terms, ([], []))
+                ids.append(device_id)
+                blobs.append(stats)
+        windows = cls()
+        for terms, (ids, blobs) in found.items():
+            keys = tuple(terms.split("\n"))
+            size = len(keys) * WIDTH * 8
+            fit = [i for i, blob in enumerate(blobs) if len(blob) == size]  # else start over
+            if fit:
+                order = sorted(fit, key=ids.__getitem__)
+                stats = np.frombuffer(b"".join(blobs[i] for i in order), dtype="<f8")
+                windows.groups.append(
+                    (
+                        keys,
+                        np.array([ids[i] for i in order], dtype=np.int64),
+                        stats.reshape(len(order), len(keys), WIDTH),
+                    )
+                )
+        return windows
+
+    def rows(self, key: str, ids: np.ndarray) -> np.ndarray:
+        """The statistics of term `key` for devices `ids` (ascending): a (len(ids), WIDTH)
+        array, a fresh EMPTY_WINDOW row where the device has none."""
+        out = np.tile(np.array(EMPTY_WINDOW, dtype=np.float64), (len(ids), 1))
+        for keys, devices, stats in self.groups:
+            if key not in keys:
+                continue
+            where, found = _positions(devices, ids)
+            out[found] = stats[where, keys.index(key)]
+        return out
+
+    def save(
+        self,
+        advanced: dict[str, tuple[np.ndarray, np.ndarray]],
+        term_scopes: dict[Any, frozenset[int]],
+    ) -> None:
+        """Store the statistics of every device whose windows moved (`advanced`: term key ->
+        (device ids ascending, their rows)): per device, the terms its rules use now, by
+        binary COPY and one upsert."""
+        if not advanced:
+            return
+        ids = np.unique(np.concatenate([moved for moved, _ in advanced.values()]))
+        keys = sorted(term.key for term in term_scopes)
+        scope_of = {term.key: devices for term, devices in term_scopes.items()}
+        uses = np.stack(
+            [
+                np.isin(ids, np.fromiter(scope_of[key], np.int64, len(scope_of[key])))
+                for key in keys
+            ],
+            axis=1,
+        )
+        with _cursor() as cursor:
+            cursor.execute(CREATE_WINDOWS_STAGE)
+            with cursor.copy(
+                f"COPY {WINDOWS_STAGE} (device_id, terms, stats) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", "text", "bytea"])
+                for signature in np.unique(uses, axis=0):
+                    group = ids[(uses == signature).all(axis=1)]
+                    mine = [key for key, used in zip(keys, signature, strict=True) if used]
+                    stats = np.empty((len(group), len(mine), WIDTH), dtype="<f8")
+                    for j, key in enumerate(mine):
+                        stats[:, j] = self.rows(key, group)
+                        if key in advanced:
+                            moved, rows = advanced[key]
+                            where, found = _positions(moved, group)
+                            stats[found, j] = rows[where]
+                    terms = "\n".join(mine)
+                    blobs = stats.reshape(len(group), -1)
+                    for device_id, row in zip(group.tolist(), blobs, strict=True):
+                        copy.write_row((device_id, terms, row.tobytes()))
+            cursor.execute(SAVE_WINDOWS)
+
+
+def _positions(devices: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `ids` found in `devices` (both ascending): its index in `devices`, and the
+    mask of `ids` found."""
+    where = np.searchsorted(devices, ids)
+    found = where < len(devices)
+    found[found] = devices[where[found]] == ids[found]
+    return where[found], found
 
 
 def _shared_terms(
     rules: list[CompiledRule],
-    owners: dict[Any, dict[int, int]],
+    term_scopes: dict[Any, frozenset[int]],
     batch: BatchRows,
-    states: dict[int, dict[int, DeviceState]],
-    owned: set[tuple[int, int]],
-) -> dict[str, np.ndarray]:
-    """Each window term's column over the whole batch, computed once, its statistics kept in the
-    owner rules' states."""
+    windows: Windows,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Each window term's column over the whole batch, computed once from the devices' stored
+    statistics; returns the columns and, per term, (device ids, their statistics advanced)."""
     metric_ids = {name: mid for rule in rules for name, mid in rule.metrics.items()}
     shared = {}
-    for term, mine in owners.items():
-        rows = np.flatnonzero(batch.in_devices(frozenset(mine)))
+    advanced: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for term, devices in term_scopes.items():
+        rows = np.flatnonzero(batch.in_devices(devices))
         column = np.full(batch.size, NAN)
         if len(rows):
             dev, ts = batch.dev[rows], batch.ts[rows]
             starts, seg = segments(dev)
-            keeping = []
-            for device_id in dev[starts].tolist():
-                owner = mine[device_id]
-                owned.add((owner, device_id))
-                by_owner = states[owner]
-                keeping.append(
-                    by_owner.get(device_id) or by_owner.setdefault(device_id, DeviceState())
-                )
+            ids = dev[starts]
+            stats = windows.rows(term.key, ids)
             x = batch.column(metric_ids[term.metric])[rows]
-            column[rows] = window_column(term, x, ts, seg, starts, keeping)
+            column[rows] = advance_term(term, x, ts, seg, starts, stats)
+            advanced[term.key] = (ids, stats)
         shared[term.key] = column
-    return shared
+    return shared, advanced
 
 
 def evaluate_batch(
-    readings: Sequence[tuple[int, int, int, float]], devices: Mapping[int, tuple[int, int]]
+    readings: Sequence[tuple[int, int, int, float]] | np.ndarray,
+    devices: Mapping[int, tuple[int, int]],
 ) -> None:
     """Evaluate the enabled rules on the readings a batch has just stored.
 
-    `readings`: (device_id, metric_id, ts_ms, value) of the rows that were new (a redelivered
+    `readings`: (device_id, metric_id, ts_ms, value) of the rows that were new, as tuples or an
+    (n, 4) float64 array (ingest passes one) (a redelivered
     batch passes only what it really stored, so nothing is evaluated twice);
     `devices`: device_id -> (tenant_id, device_type_id) for every device in `readings`.
     Runs inside the batch's transaction (telemetry/services.py calls it in a savepoint).
     """
-    if not readings:
+    if not len(readings):
         return
     rules = _load_rules({type_id for _, type_id in devices.values()})
     if not rules:
@@ -689,40 +883,46 @@ def evaluate_batch(
         return
     batch = BatchRows(readings)
     states = _load_states(rules, batch)
+    term_scopes = _term_scopes(rules, scopes)
+    windows = Windows.load(np.unique(batch.dev).tolist()) if term_scopes else Windows()
     prepared: list[Prepared] = []
     needed: dict[tuple[int, int], int] = {}
     resolved: list[tuple[CompiledRule, int, int]] = []
+    selections: dict[tuple, Selection] = {}
     for rule in rules:
-        in_scope = batch.in_devices(scopes[rule.id])
-        raw = {name: batch.column(metric_id) for name, metric_id in rule.metrics.items()}
-        present = np.zeros(batch.size, dtype=bool)
-        for x in raw.values():
-            present |= ~np.isnan(x)
-        rows = np.flatnonzero(in_scope & present)
-        if not len(rows):
+        key = (scopes[rule.id], tuple(sorted(rule.metrics.items())))
+        selection = selections.get(key)
+        if selection is None:
+            selection = selections[key] = Selection(batch, scopes[rule.id], rule.metrics)
+        if not len(selection.rows):
             continue
-        dev, ts = batch.dev[rows], batch.ts[rows]
+        dev, ts = selection.dev, selection.ts
         if rule.no_data:
             resolved += _heard_again(rule, dev, ts, states[rule.id])
             continue
-        raw = {name: x[rows] for name, x in raw.items()}
-        prepared.append(Prepared(rule, rows, dev, ts, raw))
-        if len(raw) > 1:
-            _note_needed(rule, dev, ts, raw, states[rule.id], needed)
+        prepared.append(Prepared(rule, selection))
+        if len(selection.raw) > 1:
+            _note_needed(rule, dev, ts, selection.raw, states[rule.id], needed)
     if needed:
         _carry_from_history(prepared, needed, states)
-    owned: set[tuple[int, int]] = set()
-    shared = _shared_terms(rules, _term_owners(rules, scopes), batch, states, owned)
+    shared, advanced = _shared_terms(rules, term_scopes, batch, windows)
     writes: list[tuple[CompiledRule, int, DeviceState]] = []
     breaches: dict[int, list[alerts.Breach]] = defaultdict(list)
     clears: dict[int, list[tuple[int, int, datetime]]] = defaultdict(list)
     resolves: dict[int, list[tuple[int, int, datetime]]] = defaultdict(list)
     for item in prepared:
-        rule, mine = item.rule, states[item.rule.id]
+        rule, mine, selection = item.rule, states[item.rule.id], item.selection
         try:
-            terms = {t.key: shared[t.key][item.rows] for t in rule.expression.terms}
+            terms = {t.key: selection.term(t.key, shared) for t in rule.expression.terms}
             result = evaluate_rows(
-                rule, item.dev, item.ts, item.raw, mine, keep_all=False, terms=terms
+                rule,
+                selection.dev,
+                selection.ts,
+                selection.raw,
+                mine,
+                keep_all=False,
+                terms=terms,
+                selection=selection,
             )
         except Exception:
             log.exception("rule %s could not be evaluated on a batch; skipped", rule.id)
@@ -733,13 +933,12 @@ def evaluate_batch(
             clears[round_] += [(rule.id, d, _when(t)) for d, t in items]
         for round_, items in result.resolves.items():
             resolves[round_] += [(rule.id, d, _when(t)) for d, t in items]
-        writes += [(rule, d, mine[d]) for d in result.devices if (rule.id, d) not in owned]
+        writes += [(rule, d, mine[d]) for d in result.devices]
     for rule, device_id, t in resolved:
         resolves[0].append((rule.id, device_id, _when(t)))
         writes.append((rule, device_id, states[rule.id][device_id]))
-    by_id = {rule.id: rule for rule in rules}
-    writes += [(by_id[r], d, states[r][d]) for r, d in sorted(owned)]
-    _save_states(writes, owned)
+    _save_states(writes)
+    windows.save(advanced, term_scopes)
     for round_ in sorted({*breaches, *clears, *resolves}):
         if breaches.get(round_):
             alerts.record_breaches(breaches[round_])
@@ -767,9 +966,9 @@ def _load_states(rules: list[CompiledRule], batch: BatchRows) -> dict[int, dict[
         # Carried values matter only to rules reading several metrics.
         several = [rule.id for rule in rules if len(rule.metrics) > 1]
         cursor.execute(LOAD_STATES, [several, list(states), np.unique(batch.dev).tolist()])
-        for rule_id, device_id, breaching, firing, since, clear, last, values, windows in cursor:
+        for rule_id, device_id, breaching, firing, since, clear, last, values in cursor:
             states[rule_id][device_id] = DeviceState(
-                breaching, firing, since, clear, last, _json(values), _json(windows), stored=True
+                breaching, firing, since, clear, last, _json(values), stored=True
             )
     return states
 
@@ -829,7 +1028,7 @@ def _carry_from_history(
         found = {(d, m): v for d, m, v in cursor.fetchall()}
     for item in prepared:
         mine = states[item.rule.id]
-        devices = set(np.unique(item.dev).tolist())
+        devices = set(np.unique(item.selection.dev).tolist())
         names = {metric_id: name for name, metric_id in item.rule.metrics.items()}
         for (device_id, metric_id), value in found.items():
             if device_id in devices and metric_id in names:
@@ -854,24 +1053,21 @@ def _breach(rule: CompiledRule, run: BreachRun, columns: dict[str, np.ndarray]) 
     )
 
 
-def _save_states(
-    writes: list[tuple[CompiledRule, int, DeviceState]], owned: set[tuple[int, int]]
-) -> None:
-    """Upsert what must be remembered, once per batch: the states keeping window statistics, and
-    of devices breaching or firing; a state that went idle and keeps nothing is deleted, so the
-    table holds only what matters (and the next batch loads only that)."""
+def _save_states(writes: list[tuple[CompiledRule, int, DeviceState]]) -> None:
+    """Upsert what must be remembered, once per batch: the states of devices breaching or
+    firing; a state that went idle is deleted, so the table holds only what matters (and the
+    next batch loads only that)."""
     upserts: list[tuple] = []
     updates: list[tuple] = []
     deletes: list[tuple[int, int]] = []
     for rule, device_id, s in writes:
-        if s.idle and (rule.id, device_id) not in owned:
+        if s.idle:
             if s.stored:
                 deletes.append((rule.id, device_id))
             continue
-        values, windows = _state_json(s, rule)
         (updates if s.stored else upserts).append(
             (rule.id, device_id, s.breaching, s.firing, s.since, s.clear_since, s.last_time,
-             values, windows)
+             _values_json(s, rule))
         )  # fmt: skip
     with _cursor() as cursor:
         # Rows known to exist are updated (a join, cheaper than INSERT .. ON CONFLICT's
@@ -935,7 +1131,6 @@ def check_no_data(now: datetime | None = None) -> int:
                         ms,
                         [None] * len(rows),
                         [None] * len(rows),
-                        ["{}"] * len(rows),
                         ["{}"] * len(rows),
                     ],
                 )

@@ -150,8 +150,11 @@ class RuleState(models.Model):
     - `firing`: the rule's alert for this device is open (fired and not yet resolved);
     - `clear_since`: when it stopped holding while firing (resolves at clear_since + hysteresis);
     - `values`: the last value of each metric the condition reads, {"temperature": [ts_ms, v]},
-      so a message carrying only some metrics is evaluated with the others' last values;
-    - `windows`: the running statistics of the condition's window functions, by term.
+      so a message carrying only some metrics is evaluated with the others' last values.
+
+    The running statistics of window functions (avg, zscore, rate... over a window) are the
+    device's, not the rule's: they live in `DeviceWindows`, shared by the rules that use them.
+    Only devices where the rule breaks, or whose alert is open, have a row here.
     """
 
     rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="states")
@@ -162,7 +165,6 @@ class RuleState(models.Model):
     clear_since = models.DateTimeField(null=True, blank=True)
     last_time = models.DateTimeField(null=True, blank=True)
     values = models.JSONField(default=dict, blank=True)
-    windows = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = RuleStateQuerySet.as_manager()
@@ -178,3 +180,40 @@ class RuleState(models.Model):
     @property
     def tenant_id(self) -> int:
         return self.rule.tenant_id
+
+
+class DeviceWindowsQuerySet(TenantQuerySet):
+    tenant_lookup = "device__tenant"
+
+
+class DeviceWindows(models.Model):
+    """The running statistics of the window terms rules evaluate on one device (avg, stddev,
+    zscore, rate and delta over a window: rules/engine.py), one row per device, rewritten by the
+    batches that bring the device's readings, so a worker restart loses nothing.
+
+    They describe the device's readings, not a rule: every rule using the same term (say
+    avg(temperature,600)) reads the same statistics. `terms` names the terms, one per line, in
+    the order of `stats`: 7 little-endian float64 per term (last reading time in epoch ms, last
+    value, weighted mean or smoothed rate, weighted sum of squared deviations, readings seen, the
+    term's last value, weight sum; NaN for unknown). Binary, because this row is read and
+    written for every device of every batch: as JSON in RuleState it cost more than evaluating
+    the rules (bench/rules.py)."""
+
+    device = models.OneToOneField(
+        Device, on_delete=models.CASCADE, primary_key=True, related_name="rule_windows"
+    )
+    terms = models.TextField()
+    stats = models.BinaryField()
+
+    objects = DeviceWindowsQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "device window statistics"
+        verbose_name_plural = "device window statistics"
+
+    def __str__(self) -> str:
+        return f"window statistics of {self.device_id}"
+
+    @property
+    def tenant_id(self) -> int:
+        return self.device.tenant_id

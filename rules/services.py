@@ -143,10 +143,11 @@ def save_rule(
 
 
 def reset_rule_state(rule: Rule) -> int:
-    """Forget what evaluation remembered about `rule` (since when it held, last values, window
-    statistics), keeping only whether its alert on each device is open. Returns the rows reset."""
+    """Forget what evaluation remembered about `rule` (since when it held, last values), keeping
+    only whether its alert on each device is open. Returns the rows reset. (Window statistics
+    are the devices', shared by every rule using the same term: DeviceWindows keeps them.)"""
     return RuleState.objects.filter(rule=rule).update(
-        breaching=False, since=None, clear_since=None, values={}, windows={}
+        breaching=False, since=None, clear_since=None, values={}
     )
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import numpy as np
 import psycopg
 from django.db import connection, transaction
 
@@ -71,11 +72,14 @@ WHERE device_type_id = ANY(%b::bigint[])
 """  # noqa: S608 (table name from the model)
 
 STAGE = "telemetry_stage"
+# Emptied at every commit; and at the start of a batch, for a batch that runs inside a longer
+# transaction (tests, an HTTP request) after another one.
 CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
     ts_ms bigint, device_id bigint, metric_id integer, value double precision, flagged boolean
-) ON COMMIT DELETE ROWS
-"""
+) ON COMMIT DELETE ROWS;
+DELETE FROM {STAGE}
+"""  # noqa: S608 (constant names)
 INSERT_READINGS = f"""
 INSERT INTO telemetry_reading (time, device_id, metric_id, value, flagged)
 SELECT timestamptz 'epoch' + ts_ms * interval '1 millisecond', device_id, metric_id, value, flagged
@@ -225,7 +229,9 @@ class BatchWriter:
         self.sequenced: list[tuple[int, int, int, bool]] = []
         self.devices: dict[int, DeviceInfo] = {}
         # (device_id, metric_id, ts_ms, value) of the readings this batch really stored.
-        self.stored: list[tuple[int, int, int, float]] = []
+        # (device_id, metric_id, ts_ms, value) of the readings this batch really stored, one row
+        # each (float64: ids and epoch ms are exact), as rule evaluation takes them.
+        self.stored = np.zeros((0, 4))
         self.went_offline: list[int] = []
         self.came_online: list[int] = []
         self.firmware = FirmwareReports()  # OTA progress and reported versions (ota/ingest.py)
@@ -358,14 +364,13 @@ class BatchWriter:
         try:
             with transaction.atomic():
                 cursor.execute(INSERT_READINGS)
-            self.stored = [
-                (device, metric, ts, value) for ts, device, metric, value, _ in self.rows
-            ]
+            self.stored = np.array(self.rows, dtype=np.float64)[:, [1, 2, 0, 3]]
         except psycopg.errors.UniqueViolation:
             # Some were stored already (a redelivery): only the new ones count, and go to rules.
             cursor.execute(INSERT_NEW_READINGS)
-            self.stored = cursor.fetchall()
-            new = {(device_id, ts_ms) for device_id, _, ts_ms, _ in self.stored}
+            stored = cursor.fetchall()
+            self.stored = np.array(stored, dtype=np.float64).reshape(-1, 4)
+            new = {(device_id, ts_ms) for device_id, _, ts_ms, _ in stored}
         self.result.readings_stored = len(self.stored)
         self.result.readings_duplicate = len(self.rows) - len(self.stored)
         cursor.execute(UPSERT_LATEST)
@@ -479,12 +484,10 @@ class BatchWriter:
     def push_latest(self) -> None:
         """After commit: per tenant, one `telemetry.latest` event naming the devices whose
         readings this batch stored (not one per reading), and the tenants' ingest counters."""
-        readings: dict[int, int] = defaultdict(int)
-        for device_id, *_ in self.stored:
-            readings[device_id] += 1
+        ids, counts = np.unique(self.stored[:, 0].astype(np.int64), return_counts=True)
         keys: dict[int, list[str]] = defaultdict(list)
         per_tenant: dict[int, int] = defaultdict(int)
-        for device_id, count in readings.items():
+        for device_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
             tenant_id = self.devices[device_id].tenant_id
             keys[tenant_id].append(self.keys[device_id])
             per_tenant[tenant_id] += count
@@ -506,7 +509,7 @@ class BatchWriter:
             steps.append(("offline alerts", alerts.devices_went_offline, (self.went_offline, now)))
         if self.came_online:
             steps.append(("online again", alerts.devices_came_online, (self.came_online, now)))
-        if self.stored:
+        if len(self.stored):
             devices = {info.id: (info.tenant_id, info.type_id) for info in self.devices.values()}
             steps.append(("rules", rules_engine.evaluate_batch, (self.stored, devices)))
         if self.firmware:

@@ -20,7 +20,7 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture(autouse=True)
 def no_notifications(monkeypatch):
-    monkeypatch.setattr(notifications, "queue_notifications", lambda alert_id, reason: None)
+    monkeypatch.setattr(notifications, "queue_notifications_many", lambda ids, reason: None)
 
 
 def raise_alert(device, severity: str = Severity.WARNING, at: datetime = T0) -> Alert:

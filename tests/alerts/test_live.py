@@ -15,7 +15,14 @@ from django.db import transaction
 
 from alerts import notifications
 from alerts.models import Alert
-from alerts.services import Breach, acknowledge_alert, detect_offline, record_breaches
+from alerts.services import (
+    Breach,
+    acknowledge_alert,
+    alert_payload,
+    detect_offline,
+    record_breaches,
+    resolve_alert,
+)
 from devices.models import Device, DeviceStatus
 from iotfleet.live import push_to_tenant, tenant_group
 from rules.models import Rule
@@ -92,7 +99,7 @@ def listeners(layer):
 
 @pytest.fixture(autouse=True)
 def no_notifications(monkeypatch):
-    monkeypatch.setattr(notifications, "queue_notifications", lambda alert_id, reason: None)
+    monkeypatch.setattr(notifications, "queue_notifications_many", lambda ids, reason: None)
 
 
 @pytest.fixture
@@ -181,6 +188,20 @@ def test_acknowledging_pushes_who_and_when(
     assert payload["state"] == "acknowledged"
     assert payload["acknowledged_by"] == "alice"
     assert payload["acknowledged_at"]
+
+
+def test_a_pushed_alert_carries_every_field_of_alert_payload(
+    listeners, acme, alice, too_hot, acme_device, django_capture_on_commit_callbacks
+):
+    record_breaches([breach(too_hot, acme_device, 2)])
+    acknowledge_alert(Alert.objects.get(), alice, "On it")
+    channel = listeners(acme.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        resolve_alert(Alert.objects.get(), alice, "Fixed")
+    [payload] = channel.receive()["payload"]["alerts"]
+    alert = Alert.objects.select_related("device", "acknowledged_by", "resolved_by").get()
+    assert payload == alert_payload(alert)
+    assert (payload["acknowledged_by"], payload["resolved_by"]) == ("alice", "alice")
 
 
 def test_a_device_going_offline_pushes_its_alert_and_status(

@@ -23,6 +23,7 @@ from alerts.models import (
 from alerts.notifications import (
     deliver_notification,
     queue_notifications,
+    queue_notifications_many,
     send_test_notification,
 )
 from alerts.services import Breach, record_breaches
@@ -264,6 +265,34 @@ def test_a_resolved_alert_tells_the_channels_that_heard_of_it_and_nobody_else(
     assert channel_names(sent) == ["Shift lead"]
     assert [m.subject for m in emails] == [f"[IoTFleet] Critical {alert.title} (resolved)"]
     assert "This alert is resolved." in emails[0].body
+
+
+def test_a_storm_of_openings_is_queued_together_each_alert_to_its_rules_channels(
+    acme, acme_freezer_type, emails, tasks_in_process, django_capture_on_commit_callbacks,
+    django_assert_max_num_queries,
+):  # fmt: skip
+    warm, door = make_rule(acme, acme_freezer_type), make_rule(acme, acme_freezer_type, "Door")
+    attach(warm, make_channel(acme, "Shift lead"))
+    quiet = make_rule(acme, acme_freezer_type, "Logged only")  # no channel
+    freezers = [make_device(acme, f"f-{n}", device_type=acme_freezer_type) for n in range(30)]
+    storm = [open_alert(rule, device) for rule in (warm, door, quiet) for device in freezers]
+
+    with (
+        django_capture_on_commit_callbacks() as deliveries,
+        django_assert_max_num_queries(6 + 3 * len(freezers)),  # each delivery: lock, count, row
+    ):
+        queued = queue_notifications_many([alert.pk for alert in storm], "opened")
+    for deliver in deliveries:
+        deliver()
+
+    assert set(queued) == {alert.pk for alert in storm}
+    assert sum(len(ids) for ids in queued.values()) == len(freezers)  # warm's alerts only
+    assert len(emails) == len(freezers)
+    assert Alert.objects.filter(notified_at__isnull=True).count() == 0
+    assert queued == {
+        alert.pk: list(Notification.objects.filter(alert=alert).values_list("pk", flat=True))
+        for alert in storm
+    }
 
 
 def test_an_unknown_reason_is_a_programming_error(acme_device, freezer_rule):

@@ -48,10 +48,10 @@ def queued(monkeypatch) -> list[tuple[int, str]]:
     """The notifications the services queue on commit, as (alert id, reason)."""
     calls: list[tuple[int, str]] = []
 
-    def record(alert_id: int, reason: str) -> None:
-        calls.append((alert_id, reason))
+    def record(alert_ids: list[int], reason: str) -> None:
+        calls.extend((alert_id, reason) for alert_id in alert_ids)
 
-    monkeypatch.setattr(notifications, "queue_notifications", record)
+    monkeypatch.setattr(notifications, "queue_notifications_many", record)
     return calls
 
 

@@ -162,6 +162,27 @@ def test_zscore_rule_fires_on_an_outlier_against_the_devices_own_history(freezer
     assert alert.state == AlertState.RESOLVED
 
 
+def test_window_statistics_are_the_devices_one_row_shared_by_the_rules_using_them(freezer):
+    import numpy as np
+
+    from rules.models import DeviceWindows
+
+    make_rule(freezer.device_type, "avg(temperature, 10m) > 100", name="average")
+    make_rule(freezer.device_type, "abs(temperature - avg(temperature, 10m)) > 50", name="jump")
+    make_rule(freezer.device_type, "zscore(temperature, 1h) > 4", kind=RuleKind.ZSCORE)
+    history = [message(freezer, T0 + n * MINUTE, temperature=-18 + n % 3) for n in range(12)]
+    ingest_batch(history[:5])
+    ingest_batch(history[5:])
+
+    (windows,) = DeviceWindows.objects.all()
+    assert windows.device_id == freezer.id
+    assert windows.terms.split("\n") == ["avg(temperature,600)", "zscore(temperature,3600)"]
+    stats = np.frombuffer(bytes(windows.stats), dtype="<f8").reshape(2, engine.WIDTH)
+    assert stats[:, engine.N].tolist() == [12, 12]  # every reading, once, across both batches
+    assert stats[:, engine.T].tolist() == [T0 + 11 * MINUTE] * 2
+    assert not RuleState.objects.exists()  # a quiet device: nothing else to remember
+
+
 def test_zscore_is_unknown_until_ten_readings_of_history(freezer):
     rule = make_rule(freezer.device_type, "zscore(temperature, 1h) > 1", kind=RuleKind.ZSCORE)
     ingest_batch([message(freezer, T0 + n * MINUTE, temperature=n * 5 - 30) for n in range(10)])

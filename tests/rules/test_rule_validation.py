@@ -338,7 +338,6 @@ def _remembered_state(rule: Rule, device) -> RuleState:
         since=AT,
         last_time=AT,
         values={"temperature": [1, 9.5]},
-        windows={"avg(temperature,600)": {"mean": 9.0}},
     )
 
 
@@ -360,7 +359,7 @@ def test_changing_what_a_rule_evaluates_resets_its_state(acme, freezer_type, acm
     save_rule(rule)
 
     state = RuleState.objects.get(rule=rule)
-    assert (state.breaching, state.since, state.values, state.windows) == (False, None, {}, {})
+    assert (state.breaching, state.since, state.values) == (False, None, {})
     # The open alert stays open; it resolves itself once the new condition has been clear.
     assert state.firing is True
 
