@@ -83,19 +83,12 @@ def rollout_list(user: Any, active: bool = False) -> dict:
     if active:
         rollouts = rollouts.active()
     rollouts = list(rollouts.order_by("-created_at")[:100])
-    totals: dict[int, dict[str, int]] = {r.pk: {} for r in rollouts}
+    totals = services.progress_counts(r.pk for r in rollouts)
     waves = dict(
         Rollout.objects.filter(pk__in=list(totals))
         .annotate(n=Count("waves"))
         .values_list("pk", "n")
     )
-    for rollout_id, state, n in (
-        DeviceUpdate.objects.filter(rollout_id__in=list(totals))
-        .values_list("rollout_id", "state")
-        .annotate(n=Count("pk"))
-        .order_by()
-    ):
-        totals[rollout_id][state] = n
     rows = []
     for rollout in rollouts:
         counts = totals[rollout.pk]

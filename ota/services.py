@@ -1353,6 +1353,20 @@ def rollout_progress(rollout: Rollout) -> dict:
     }
 
 
+def progress_counts(rollout_ids: Iterable[int]) -> dict[int, Counter]:
+    """{rollout id: its devices per update state} for many rollouts in one query (lists,
+    pushes); a rollout without devices gets an empty Counter."""
+    counts: dict[int, Counter] = {pk: Counter() for pk in rollout_ids}
+    for rollout_id, state, n in (
+        DeviceUpdate.objects.filter(rollout_id__in=list(counts))
+        .values_list("rollout_id", "state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    ):
+        counts[rollout_id][state] = n
+    return counts
+
+
 def _push(rollout_ids: Sequence[int]) -> None:
     """One compact `rollouts.progress` event per rollout, after commit: ids and counts only."""
     rows = list(
@@ -1362,19 +1376,12 @@ def _push(rollout_ids: Sequence[int]) -> None:
     )
     if not rows:
         return
-    totals: dict[int, dict[str, int]] = defaultdict(dict)
-    for rollout_id, state, n in (
-        DeviceUpdate.objects.filter(rollout_id__in=[r[0] for r in rows])
-        .values_list("rollout_id", "state")
-        .annotate(n=Count("pk"))
-        .order_by()
-    ):
-        totals[rollout_id][state] = n
+    totals = progress_counts(pk for pk, *_ in rows)
     push_many(
         (
             tenant_id,
             PROGRESS_EVENT,
-            {"rollout": pk, "status": status, "wave": wave, "counts": totals.get(pk, {})},
+            {"rollout": pk, "status": status, "wave": wave, "counts": dict(totals[pk])},
         )
         for pk, tenant_id, status, wave in rows
     )

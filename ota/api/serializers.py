@@ -4,14 +4,23 @@ its ValidationError becomes a 400 with the field's message."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from django.db import models
 from rest_framework import serializers
 
 from devices.api.serializers import TenantOwnedSerializer, TenantScopedPrimaryKeyField
 from devices.models import DeviceGroup, DeviceType
 from ota import services
-from ota.models import DeviceUpdate, FirmwareRelease, Rollout, SigningKey, WaveMode
+from ota.models import (
+    DeviceUpdate,
+    FirmwareRelease,
+    Rollout,
+    SigningKey,
+    UpdateState,
+    WaveMode,
+)
 
 
 class SigningKeySerializer(TenantOwnedSerializer):
@@ -90,9 +99,21 @@ class FirmwareReleaseSerializer(TenantOwnedSerializer):
         return data
 
 
+class RolloutListSerializer(serializers.ListSerializer):
+    """Counts the progress of every rollout listed in one query, not one query per rollout."""
+
+    def to_representation(self, data: Any) -> list:
+        rollouts = list(data.all() if isinstance(data, models.manager.BaseManager) else data)
+        self.child.counted_progress = services.progress_counts(rollout.pk for rollout in rollouts)
+        return super().to_representation(rollouts)
+
+
 class RolloutSerializer(TenantOwnedSerializer):
     """A staged rollout. Created as a draft; `POST .../start/` sends wave 1. Only a draft can be
     edited or deleted. `progress` counts devices per update state."""
+
+    # {rollout id: counts} when a RolloutListSerializer counted them for the whole list.
+    counted_progress: dict[int, Counter] | None = None
 
     release = TenantScopedPrimaryKeyField(
         queryset=FirmwareRelease.objects.all(), help_text="Id of the release to roll out."
@@ -170,6 +191,7 @@ class RolloutSerializer(TenantOwnedSerializer):
             "finished_at",
         ]
         extra_kwargs = {"name": {"required": False}}
+        list_serializer_class = RolloutListSerializer
 
     def validate(self, attrs: dict) -> dict:
         for field in ("release", "device_type"):
@@ -179,7 +201,11 @@ class RolloutSerializer(TenantOwnedSerializer):
         return attrs
 
     def get_progress(self, rollout: Rollout) -> dict[str, int]:
-        return services.rollout_progress(rollout)["counts"]
+        counted = self.counted_progress or {}
+        if rollout.pk not in counted:  # one rollout alone (detail, actions)
+            counted = services.progress_counts([rollout.pk])
+        counts = counted[rollout.pk]
+        return {state: counts[state] for state in UpdateState.values}
 
 
 class RolloutPreviewSerializer(RolloutSerializer):

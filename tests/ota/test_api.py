@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from ota.models import DeviceUpdate, FirmwareRelease, Rollout, RolloutStatus, UpdateState
 from tests.api.clients import client_as
@@ -199,3 +202,44 @@ def test_a_rollout_cannot_use_another_tenants_release(carol, make_release):
     )
     assert response.status_code == 400
     assert "does not exist" in str(response.data["release"])
+
+
+def finished_rollouts(release, devices, count: int) -> list[Rollout]:
+    """`count` rollouts, the n-th with n + 1 succeeded devices and one failed."""
+    rollouts = [draft(release, name=f"r{n}") for n in range(count)]
+    now = timezone.now()
+    DeviceUpdate.objects.bulk_create(
+        DeviceUpdate(
+            rollout=rollout,
+            device=device,
+            wave=1,
+            state=UpdateState.FAILED if number == 0 else UpdateState.SUCCEEDED,
+            queued_at=now,
+        )
+        for n, rollout in enumerate(rollouts)
+        for number, device in enumerate(devices[: n + 2])
+    )
+    return rollouts
+
+
+def test_the_rollout_list_counts_progress_in_a_fixed_number_of_queries(alice, make_release, fleet):
+    devices = fleet(21)
+    release = make_release()
+    client = client_as(alice)
+    finished_rollouts(release, devices, 1)
+    with CaptureQueriesContext(connection) as one:
+        assert client.get(url("rollout-list")).status_code == 200
+
+    finished_rollouts(release, devices, 18)
+    draft(release, name="not started")
+    with CaptureQueriesContext(connection) as twenty:
+        listed = client.get(url("rollout-list"), {"page_size": 50}).data["results"]
+
+    assert len(listed) == 20
+    assert len(twenty.captured_queries) == len(one.captured_queries)
+    progress = {row["name"]: row["progress"] for row in listed}
+    assert progress["r5"]["succeeded"] == 6
+    assert progress["r5"]["failed"] == 1
+    assert progress["r5"]["queued"] == 0
+    assert set(progress["r5"]) == set(UpdateState.values)
+    assert sum(progress["not started"].values()) == 0
