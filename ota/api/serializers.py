@@ -99,6 +99,21 @@ class FirmwareReleaseSerializer(TenantOwnedSerializer):
         return data
 
 
+ROLLOUT_STATE = [
+    "status",
+    "current_wave",
+    "pause_reason",
+    "pause_detail",
+    "evidence",
+    "last_error",
+    "rollback_of",
+    "created_at",
+    "started_at",
+    "paused_at",
+    "finished_at",
+]
+
+
 class RolloutListSerializer(serializers.ListSerializer):
     """Counts the progress of every rollout listed in one query, not one query per rollout."""
 
@@ -144,52 +159,18 @@ class RolloutSerializer(TenantOwnedSerializer):
 
     class Meta:
         model = Rollout
+        # What a client sets is what the service takes (ota.services.ROLLOUT_SETTINGS); the
+        # rest is the rollout's state, changed by its actions.
         fields = [
             "id",
             "tenant",
-            "name",
             "release",
-            "device_type",
             "groups",
-            "tags",
-            "wave_mode",
-            "wave_plan",
-            "soak_time",
-            "success_threshold",
-            "failure_threshold",
-            "min_finished",
-            "max_concurrent",
-            "update_timeout",
-            "window_start",
-            "window_end",
-            "allow_downgrade",
-            "health_gate",
-            "status",
-            "current_wave",
-            "pause_reason",
-            "pause_detail",
-            "evidence",
-            "last_error",
-            "rollback_of",
+            *services.ROLLOUT_SETTINGS,
+            *ROLLOUT_STATE,
             "progress",
-            "created_at",
-            "started_at",
-            "paused_at",
-            "finished_at",
         ]
-        read_only_fields = [
-            "status",
-            "current_wave",
-            "pause_reason",
-            "pause_detail",
-            "evidence",
-            "last_error",
-            "rollback_of",
-            "created_at",
-            "started_at",
-            "paused_at",
-            "finished_at",
-        ]
+        read_only_fields = ROLLOUT_STATE
         extra_kwargs = {"name": {"required": False}}
         list_serializer_class = RolloutListSerializer
 
