@@ -10,8 +10,9 @@
  *   After a swap the element gets a "live:swapped" DOM event.
  *
  * The server sends frames {"events": [{"event", "payload"}, ...]}, already coalesced; this file
- * coalesces once more per element, so a flood costs a few fetches a second. After a reconnect
- * every declarative element is refreshed once (events may have been missed meanwhile).
+ * coalesces once more per element, so a flood costs a few fetches a second. Whenever the socket
+ * is ready (the first time too: the page was rendered before it joined) every declarative
+ * element is refreshed once, so an event sent in between is not missed.
  * docs/dashboards.md describes the contract.
  */
 (function () {
@@ -22,7 +23,6 @@
   var socket = null;
   var backoff = 1000;
   var stopped = false;
-  var everConnected = false;
 
   function on(event, handler) {
     (handlers[event] = handlers[event] || []).push(handler);
@@ -149,8 +149,9 @@
           backoff = 1000;
           stats.connects += 1;
           setState("connected", "Live updates: connected");
-          if (everConnected) { liveElements().forEach(schedule); }  // caught up after a gap
-          everConnected = true;
+          // Events sent before this socket joined (between the page's render and now, or
+          // during a gap) were missed: every declarative element catches up once.
+          liveElements().forEach(schedule);
         }
         dispatch(item.event, item.payload || {});
       });

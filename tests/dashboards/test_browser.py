@@ -246,6 +246,32 @@ def test_an_operator_watches_a_device_go_offline_and_come_back_with_its_alert_li
         other_context.close()
 
 
+def test_an_event_between_the_page_render_and_its_socket_joining_is_not_missed(
+    dashboards_server, fleet, browser_context
+):
+    log_in(browser_context, dashboards_server, "alice", "/").close()  # the session cookie
+    page = browser_context.new_page()
+    page.set_default_timeout(SETUP_TIMEOUT_MS)
+    held: list = []
+    # The page's websocket is held back, as on a slow network or a loaded server: the page is
+    # rendered, and its socket has not joined the tenant's group yet when the device drops off.
+    page.route_web_socket("**/ws/fleet/", lambda socket: held.append(socket))
+    page.goto(f"{dashboards_server}/")
+    page.wait_for_function("document.documentElement.dataset.live === 'connecting'")
+    assert held, "the page opened no websocket"
+    page.evaluate("window.__noReload = true")
+    assert page.locator('[data-count="offline"]').inner_text() == "0"
+
+    in_worker(ingest_batch, [status_message("acme-freezer-2", "offline")])
+    held[0].connect_to_server()
+
+    page.wait_for_function(
+        "document.querySelector('[data-count=\"offline\"]').textContent.trim() === '1'",
+        timeout=WAIT_MS,
+    )
+    assert page.evaluate("window.__noReload") is True
+
+
 def test_a_rule_alert_appears_on_the_alerts_page_and_the_operator_acknowledges_it(
     dashboards_server, fleet, browser_context
 ):
