@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from telemetry.ingest import BufferedSocket, IngestWorker
 from tests.servers import Mosquitto
@@ -116,6 +118,39 @@ def test_nothing_is_acknowledged_before_its_batch_is_handed_over(mosquitto, work
     assert handover.messages == 0
     handover.release.set()
     assert wait_for(lambda: handover.messages == 100), f"{handover.messages} of 100 arrived"
+
+
+def test_messages_with_and_without_properties_at_qos_0_and_1_all_arrive_whole(
+    mosquitto, worker, handover
+):
+    # The ingest client decodes the usual PUBLISH itself and leaves the rest to paho.
+    device = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="pytest-v5-device", protocol=mqtt.MQTTv5
+    )
+    device.connect("127.0.0.1", mosquitto.port)
+    device.loop_start()
+    now = int(time.time() * 1000)
+    with_properties = Properties(PacketTypes.PUBLISH)
+    with_properties.PayloadFormatIndicator = 1
+    with_properties.UserProperty = [("firmware", "2.1.0")]
+    sent = [
+        device.publish(
+            f"fleet/dev-{n}/telemetry",
+            json.dumps({"ts": now - n, "metrics": {"temperature": float(n)}}),
+            qos=n % 2,
+            properties=with_properties if n % 3 == 0 else None,
+        )
+        for n in range(12)
+    ]
+    for info in sent:
+        info.wait_for_publish(10)
+    assert wait_for(lambda: handover.messages == 12), f"{handover.messages} of 12 arrived"
+    device.disconnect()
+    device.loop_stop()
+    entries = sorted((e for batch in handover.batches for e in batch), key=lambda e: e[1])
+    assert [(e[0], e[1], e[3][0][2]) for e in entries] == sorted(
+        ("t", f"dev-{n}", {"temperature": float(n)}) for n in range(12)
+    )
 
 
 def test_the_buffered_socket_hands_out_what_one_read_brought_piece_by_piece():
