@@ -70,9 +70,14 @@ class ReleaseForm(TenantChoiceMixin, forms.Form):
     )
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}))
 
-    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: Any, upload_refused: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.setup_tenant(user)
+        # The upload was stopped before its file arrived (ota/uploads.py): say why, not
+        # "this field is required".
+        self.upload_refused = upload_refused
+        if upload_refused:
+            self.fields["file"].required = False
         self.fields["device_types"].queryset = DeviceType.objects.for_user(
             user, role=Role.OPERATOR
         ).select_related("tenant")
@@ -80,6 +85,8 @@ class ReleaseForm(TenantChoiceMixin, forms.Form):
         self.fields["file"].help_text = f"The firmware image, at most {limit / 2**20:,.0f} MiB."
 
     def clean_file(self) -> Any:
+        if self.upload_refused:
+            raise forms.ValidationError(self.upload_refused)
         file = self.cleaned_data["file"]
         limit = settings.OTA_MAX_UPLOAD_BYTES
         if file.size > limit:

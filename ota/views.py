@@ -16,9 +16,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from devices.models import Device, Role, has_role
 
-from . import pages, services
+from . import pages, services, uploads
 from .forms import SERVICE_FIELDS, ReleaseForm, RollbackForm, RolloutForm, SigningKeyForm
 from .models import FirmwareRelease, Rollout, SigningKey
+from .uploads import limits_firmware_uploads
 
 
 def _rollout(request: HttpRequest, pk: int) -> Rollout:
@@ -62,12 +63,16 @@ def releases(request: HttpRequest) -> HttpResponse:
     )
 
 
+@limits_firmware_uploads
 @require_http_methods(["GET", "POST"])
 @login_required
 def release_new(request: HttpRequest) -> HttpResponse:
     if not pages.writable_tenant_ids(request.user):
         raise PermissionDenied("Uploading firmware needs the operator role in a tenant.")
-    form = ReleaseForm(request.POST or None, request.FILES or None, user=request.user)
+    refused = uploads.refusal(request) if request.method == "POST" else ""
+    form = ReleaseForm(
+        request.POST or None, request.FILES or None, user=request.user, upload_refused=refused
+    )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -89,7 +94,8 @@ def release_new(request: HttpRequest) -> HttpResponse:
                 request, f"Release {release.version} stored: sha256 {release.sha256}, {signed}."
             )
             return redirect("ota:releases")
-    return render(request, "ota/release_form.html", {"form": form})
+    status = 413 if refused else 200
+    return render(request, "ota/release_form.html", {"form": form}, status=status)
 
 
 @require_http_methods(["GET", "POST"])

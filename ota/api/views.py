@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
+from django.http import HttpRequest
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
@@ -29,7 +30,7 @@ from devices.api.tenancy import (
     request_tenant,
 )
 from devices.models import Role
-from ota import services
+from ota import services, uploads
 from ota.models import (
     DeviceUpdate,
     FirmwareRelease,
@@ -109,6 +110,17 @@ class FirmwareReleaseViewSet(TenantScopedViewSet):
     filterset_class = ReleaseFilter
     search_fields = ["version", "notes"]
     ordering_fields = ["created_at", "version"]
+
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
+        if request.method == "POST":
+            uploads.limit_upload(request)  # before authentication's CSRF check reads the body
+        return super().initialize_request(request, *args, **kwargs)
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        refused = uploads.refusal(request)
+        if refused:
+            return Response({"file": [refused]}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        return super().create(request, *args, **kwargs)
 
     def perform_create(self, serializer: FirmwareReleaseSerializer) -> None:
         data = serializer.validated_data
