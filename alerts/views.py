@@ -7,16 +7,15 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST
 
 from alerts import services
 from alerts.forms import AlertActionForm, AlertFilterForm
 from alerts.models import Alert
+from dashboards.pages import live_page, paginate
 from devices.models import Role, Tenant
 
 PAGE_SIZE = 50
@@ -30,30 +29,16 @@ def _alert_list(request: HttpRequest) -> dict[str, Any]:
             "device", "tenant", "acknowledged_by", "resolved_by"
         )
     ).order_by("-last_triggered_at", "-pk")
-    page = Paginator(alerts, PAGE_SIZE).get_page(request.GET.get("page"))
+    listed = paginate(request, alerts, PAGE_SIZE)
     operator_of = set(
         Tenant.objects.for_user(request.user, Role.OPERATOR).values_list("pk", flat=True)
     )
-    for alert in page:
+    for alert in listed["page"]:
         alert.can_act = alert.tenant_id in operator_of
-    return {
-        "form": form,
-        "page": page,
-        "can_act": bool(operator_of),
-        "query": request.GET.urlencode(),
-    }
+    return {"form": form, "can_act": bool(operator_of), **listed}
 
 
-@require_GET
-@login_required
-def alert_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "alerts/list.html", _alert_list(request))
-
-
-@require_GET
-@login_required
-def alert_rows(request: HttpRequest) -> HttpResponse:
-    return render(request, "alerts/partials/rows.html", _alert_list(request))
+alert_list, alert_rows = live_page(_alert_list, "alerts/list.html", "alerts/partials/rows.html")
 
 
 @require_POST

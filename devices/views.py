@@ -9,7 +9,6 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
@@ -18,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from alerts.models import Alert, AlertState
+from dashboards.pages import live_page, paginate
 from devices import pages, services
 from devices.forms import CommandForm, DesiredEditForm, DeviceFilterForm, GroupDesiredForm
 from devices.models import Device, DeviceGroup, Role, has_role
@@ -52,28 +52,17 @@ def _device_list(request: HttpRequest) -> dict[str, Any]:
             .prefetch_related("groups")
         )
     )
-    page = Paginator(devices, PAGE_SIZE).get_page(request.GET.get("page"))
+    listed = paginate(request, devices, PAGE_SIZE)
+    page = listed["page"]
     latest = latest_for_devices(device.pk for device in page)
     for device in page:
         device.latest_values = latest.get(device.pk, [])[:VALUES_IN_LIST]
-    return {
-        "form": form,
-        "page": page,
-        "keys": " ".join(device.key for device in page),
-        "query": request.GET.urlencode(),
-    }
+    return {"form": form, "keys": " ".join(device.key for device in page), **listed}
 
 
-@require_GET
-@login_required
-def device_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "devices/list.html", _device_list(request))
-
-
-@require_GET
-@login_required
-def device_rows(request: HttpRequest) -> HttpResponse:
-    return render(request, "devices/partials/rows.html", _device_list(request))
+device_list, device_rows = live_page(
+    _device_list, "devices/list.html", "devices/partials/rows.html"
+)
 
 
 # --- The device page ----------------------------------------------------------------------------

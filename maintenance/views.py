@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from dashboards.pages import live_page
 from devices.models import Device
 from maintenance.models import MaintenancePrediction
 
@@ -36,16 +37,9 @@ def at_risk_context(request: HttpRequest) -> dict:
     }
 
 
-@require_GET
-@login_required
-def at_risk(request: HttpRequest) -> HttpResponse:
-    return render(request, "maintenance/at_risk.html", at_risk_context(request))
-
-
-@require_GET
-@login_required
-def at_risk_table(request: HttpRequest) -> HttpResponse:
-    return render(request, "maintenance/partials/at_risk_table.html", at_risk_context(request))
+at_risk, at_risk_table = live_page(
+    at_risk_context, "maintenance/at_risk.html", "maintenance/partials/at_risk_table.html"
+)
 
 
 @require_GET

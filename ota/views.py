@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from dashboards.pages import live_page
 from devices.models import Device, Role, has_role
 
 from . import pages, services, uploads
@@ -119,16 +120,13 @@ def key_new(request: HttpRequest) -> HttpResponse:
 # --- Rollouts ---------------------------------------------------------------------------------
 
 
-@require_GET
-@login_required
-def rollouts(request: HttpRequest) -> HttpResponse:
-    return render(request, "ota/rollouts.html", pages.rollout_list(request.user))
+def _rollout_list(request: HttpRequest) -> dict:
+    return pages.rollout_list(request.user)
 
 
-@require_GET
-@login_required
-def rollouts_partial(request: HttpRequest) -> HttpResponse:
-    return render(request, "ota/partials/rollout_rows.html", pages.rollout_list(request.user))
+rollouts, rollouts_partial = live_page(
+    _rollout_list, "ota/rollouts.html", "ota/partials/rollout_rows.html"
+)
 
 
 @require_GET

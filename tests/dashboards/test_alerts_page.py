@@ -122,3 +122,16 @@ def test_the_rows_partial_renders_alone(client, alice, acme_device):
     response = client.get(reverse("alerts:rows"))
     assert response.status_code == 200
     assert "<html" not in response.content.decode()
+
+
+def test_the_page_pages_through_many_alerts(client, alice, acme):
+    for n in range(52):
+        open_alert(make_device(acme, f"acme-{n:02d}"))
+    client.force_login(alice)
+    first = client.get(reverse("alerts:list"))
+    assert len(first.context["page"]) == 50
+    assert "page 1 of 2" in first.text
+    assert '<a href="?page=2">next →</a>' in first.text
+    second = client.get(reverse("alerts:list"), {"page": 2})
+    assert len(second.context["page"]) == 2
+    assert f'data-live-url="{reverse("alerts:rows")}?page=2"' in second.text

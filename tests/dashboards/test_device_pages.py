@@ -111,8 +111,14 @@ def test_the_list_pages_through_a_big_fleet(client, alice, acme):
     for n in range(55):
         make_device(acme, f"acme-{n:03d}")
     client.force_login(alice)
-    second = client.get(reverse("devices:list"), {"page": 2})
+    second = client.get(reverse("devices:list"), {"page": 2, "q": "acme"})
     assert [d.key for d in second.context["page"]] == [f"acme-{n:03d}" for n in range(50, 55)]
+    page = second.text
+    assert "page 2 of 2" in page
+    assert '<a href="?page=1&amp;q=acme">← previous</a>' in page
+    assert "next →" not in page
+    # The live refresh re-fetches the same page with the same filters.
+    assert f'data-live-url="{reverse("devices:rows")}?page=2&amp;q=acme"' in page
 
 
 # --- The device page ---------------------------------------------------------------------------
