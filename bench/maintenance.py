@@ -292,22 +292,14 @@ def database(seed: int) -> None:
     setup_database()
     from django.db import connection
 
-    from devices.models import DeviceType, Metric, Tenant
+    from devices.models import Tenant
     from devices.services import DeviceSpec, create_devices
     from maintenance.models import MaintenancePrediction
     from maintenance.services import score_fleet, window_end
+    from tests.factories import make_pump_type
 
     tenant = Tenant.objects.create(name="Bench", slug="bench")
-    pump = DeviceType.objects.create(tenant=tenant, name="Pump")
-    vibration = Metric.objects.create(
-        device_type=pump,
-        name="vibration",
-        unit="mm/s",
-        min_value=0,
-        max_value=50,
-        is_wear_indicator=True,
-        failure_threshold=THRESHOLD,
-    )
+    pump, vibration = make_pump_type(tenant, THRESHOLD)
     keys = [f"bench-pump-{n:04d}" for n in range(DB_DEVICES)]
     devices = create_devices(tenant, [DeviceSpec(key=k, name=k, device_type=pump) for k in keys])
     device_ids = [credential.device.pk for credential in devices]

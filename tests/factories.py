@@ -21,6 +21,23 @@ def make_device_type(tenant: Tenant, name: str = "Freezer", **fields: Any) -> De
     return device_type
 
 
+def make_pump_type(tenant: Tenant, failure_threshold: float) -> tuple[DeviceType, Metric]:
+    """A pump type whose vibration (mm/s) is a wear indicator with this failure threshold, and
+    a flow rate that is not: what predictive maintenance's tests and benchmark score."""
+    pump = DeviceType.objects.create(tenant=tenant, name="Pump")
+    vibration = Metric.objects.create(
+        device_type=pump,
+        name="vibration",
+        unit="mm/s",
+        min_value=0,
+        max_value=50,
+        is_wear_indicator=True,
+        failure_threshold=failure_threshold,
+    )
+    Metric.objects.create(device_type=pump, name="flow_rate", unit="m³/h")
+    return pump, vibration
+
+
 def make_group(tenant: Tenant, name: str = "North site") -> DeviceGroup:
     group, _ = DeviceGroup.objects.get_or_create(tenant=tenant, name=name)
     return group

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from devices.models import Device, DeviceType, Metric, Tenant
+from devices.models import Device, Metric
 from maintenance.wear import Wear
-from tests.factories import make_device
+from tests.factories import make_device, make_pump_type
 
 # A whole hour, so the scoring window (which ends at the start of the current hour) is exact.
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(minutes=30)
@@ -45,21 +45,6 @@ def week_of(wear: Wear, seed: int, end: datetime = NOW, step_minutes: int = 10):
     return times, wear.sample(seconds, np.random.default_rng(seed))
 
 
-def make_pump_type(tenant: Tenant) -> tuple[DeviceType, Metric]:
-    pump = DeviceType.objects.create(tenant=tenant, name="Pump")
-    vibration = Metric.objects.create(
-        device_type=pump,
-        name="vibration",
-        unit="mm/s",
-        min_value=0,
-        max_value=50,
-        is_wear_indicator=True,
-        failure_threshold=THRESHOLD,
-    )
-    Metric.objects.create(device_type=pump, name="flow_rate", unit="m³/h")
-    return pump, vibration
-
-
 def degrading(days_to_failure: float = 5.0) -> Wear:
     end = NOW.timestamp()
     return Wear(
@@ -75,7 +60,7 @@ def degrading(days_to_failure: float = 5.0) -> Wear:
 @pytest.fixture
 def pump_fleet(globex):
     """(pump type, vibration metric, healthy pumps, the wearing pump) of Globex."""
-    pump, vibration = make_pump_type(globex)
+    pump, vibration = make_pump_type(globex, THRESHOLD)
     healthy = []
     for n in range(10):
         device = make_device(globex, f"globex-pump-{n:02d}", device_type=pump)
