@@ -860,21 +860,29 @@ def _shared_terms(
     return shared, advanced
 
 
+def enabled_rules(type_ids: set[int]) -> list[CompiledRule]:
+    """The enabled rules of these device types, compiled (cached while unchanged)."""
+    return _load_rules(type_ids)
+
+
 def evaluate_batch(
     readings: Sequence[tuple[int, int, int, float]] | np.ndarray,
     devices: Mapping[int, tuple[int, int]],
+    rules: list[CompiledRule] | None = None,
 ) -> None:
     """Evaluate the enabled rules on the readings a batch has just stored.
 
     `readings`: (device_id, metric_id, ts_ms, value) of the rows that were new, as tuples or an
     (n, 4) float64 array (ingest passes one) (a redelivered
     batch passes only what it really stored, so nothing is evaluated twice);
-    `devices`: device_id -> (tenant_id, device_type_id) for every device in `readings`.
+    `devices`: device_id -> (tenant_id, device_type_id) for every device in `readings`;
+    `rules`: enabled_rules() of their types, when the caller has them.
     Runs inside the batch's transaction (telemetry/services.py calls it in a savepoint).
     """
     if not len(readings):
         return
-    rules = _load_rules({type_id for _, type_id in devices.values()})
+    if rules is None:
+        rules = _load_rules({type_id for _, type_id in devices.values()})
     if not rules:
         return
     scopes = _scopes(rules, devices)
