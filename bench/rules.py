@@ -235,18 +235,22 @@ def main() -> None:
         statistics.median(eval_runs),
     )
     ratio = median_eval / median_store
+    added = (median_both - median_store) / median_store
     print(f"rules: 100 enabled ({', '.join(sorted({s[0] for s in rule_specs()}))})")
     print(f"store (no rules)         median {median_store:7.1f} ms  runs {_runs(store)}")
     print(f"store + evaluate         median {median_both:7.1f} ms  runs {_runs(both)}")
     print(f"evaluate_batch alone     median {median_eval:7.1f} ms  runs {_runs(eval_runs)}")
-    print(f"evaluation / storage     {ratio:.2f}  ((store+evaluate - store) / store: "
-          f"{(median_both - median_store) / median_store:.2f})")  # fmt: skip
     print(
         f"state rows kept: {RuleState.objects.count()}, alerts: {Alert.objects.count()} "
         f"({Alert.objects.exclude(state='resolved').count()} unresolved)"
     )
-    verdict = "PASS" if ratio < 1.0 else "FAIL"
-    print(f"target: evaluation adds less than the storage itself (< 1.0): {verdict}")
+    print("target: evaluation adds less than the storage itself (< 1.0), measured both ways")
+    print(f"  evaluate_batch alone / store                {ratio:5.2f}  {_verdict(ratio)}")
+    print(f"  (store + evaluate - store) / store          {added:5.2f}  {_verdict(added)}")
+
+
+def _verdict(ratio: float) -> str:
+    return "PASS" if ratio < 1.0 else "FAIL"
 
 
 def _runs(times: list[float]) -> str:
