@@ -44,11 +44,14 @@ def seed_demo_firmware(tenant: Tenant, device_type: DeviceType) -> int:
     public = private.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    # A key from an earlier seeding cannot sign anything now: retire it, register the new one.
-    SigningKey.objects.filter(tenant=tenant, name=KEY_NAME).update(
-        is_active=False, name=f"{KEY_NAME} (retired)"
-    )
-    SigningKey.objects.filter(tenant=tenant, name=f"{KEY_NAME} (retired)").exclude(
+    # A key from an earlier seeding cannot sign anything now: retire it (named by its
+    # fingerprint, as several seedings may each leave one), drop those that signed nothing
+    # still stored, and register the new one.
+    for old in SigningKey.objects.filter(tenant=tenant, name=KEY_NAME):
+        old.is_active = False
+        old.name = f"{KEY_NAME} (retired {old.fingerprint})"
+        old.save(update_fields=["is_active", "name"])
+    SigningKey.objects.filter(tenant=tenant, name__startswith=f"{KEY_NAME} (retired").exclude(
         releases__isnull=False
     ).delete()
     services.register_signing_key(tenant, KEY_NAME, base64.b64encode(public).decode())
