@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.db import connection
 from django.template import Context, Template
 from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from devices.models import Role
@@ -141,3 +143,13 @@ def test_another_tenants_device_section_answers_404(client, alice, scored):
     client.force_login(alice)
     url = reverse("maintenance:device-health-section", args=["globex-pump-worn"])
     assert client.get(url).status_code == 404
+
+
+def test_the_at_risk_list_costs_the_same_queries_for_one_row_or_eleven(client, carol, scored):
+    client.force_login(carol)
+    with CaptureQueriesContext(connection) as one:
+        at_risk = client.get(AT_RISK)
+    with CaptureQueriesContext(connection) as eleven:
+        every = client.get(AT_RISK, {"show": "all"})
+    assert (len(at_risk.context["rows"]), len(every.context["rows"])) == (1, 11)
+    assert len(eleven.captured_queries) == len(one.captured_queries)
