@@ -109,6 +109,10 @@ class SigningKeyForm(TenantChoiceMixin, forms.Form):
         self.setup_tenant(user)
 
 
+# A year: any longer soak or timeout is a typo (and past what a duration can hold, a crash).
+MAX_MINUTES = 365 * 24 * 60
+
+
 class RolloutForm(forms.Form):
     """The rollout wizard: 1. release and target, 2. waves and gates, 3. review."""
 
@@ -140,7 +144,11 @@ class RolloutForm(forms.Form):
         "per wave (10, 100, 1000; the last wave takes the rest).",
     )
     soak_minutes = forms.IntegerField(
-        min_value=0, initial=30, label="Soak (minutes)", help_text="Per wave, before the next."
+        min_value=0,
+        max_value=MAX_MINUTES,
+        initial=30,
+        label="Soak (minutes)",
+        help_text="Per wave, before the next.",
     )
     success_threshold = forms.IntegerField(
         min_value=1, max_value=100, initial=95, label="Success threshold (%)"
@@ -152,7 +160,9 @@ class RolloutForm(forms.Form):
         min_value=1, initial=10, label="…counted once finished", help_text="devices of the wave"
     )
     max_concurrent = forms.IntegerField(min_value=1, initial=100, label="At most updating at once")
-    timeout_minutes = forms.IntegerField(min_value=1, initial=30, label="Update timeout (minutes)")
+    timeout_minutes = forms.IntegerField(
+        min_value=1, max_value=MAX_MINUTES, initial=30, label="Update timeout (minutes)"
+    )
     window_start = forms.TimeField(required=False, label="Maintenance window from (UTC)")
     window_end = forms.TimeField(required=False, label="to (UTC)")
     health_gate = forms.BooleanField(

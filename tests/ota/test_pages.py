@@ -127,6 +127,19 @@ def test_the_wizard_creates_a_draft(client, alice, make_release, fleet):
     assert rollout.soak_time == timedelta(minutes=30)
 
 
+@pytest.mark.parametrize("field", ["soak_minutes", "timeout_minutes"])
+def test_the_wizard_refuses_a_duration_too_long_to_store_with_a_field_error(
+    client, alice, make_release, field
+):
+    client.force_login(alice)
+    response = client.post(
+        reverse("ota:rollout-new"), wizard_data(make_release(), **{field: 10**13})
+    )
+    assert response.status_code == 200
+    assert "less than or equal to" in response.context["form"].errors[field][0]
+    assert not Rollout.objects.exists()
+
+
 def test_each_action_is_confirmed_with_what_it_will_do(client, alice, make_release, fleet):
     fleet(20)
     rollout = draft(make_release(), wave_plan=[25, 100], max_concurrent=50)
