@@ -26,6 +26,23 @@ class StrictJSONDecoder(json.JSONDecoder):
         super().__init__(*args, **kwargs)
 
 
+# Deeper than any real configuration; much deeper and Python's recursion gives out (a 500).
+MAX_JSON_DEPTH = 32
+TOO_DEEP = f"Nest the JSON at most {MAX_JSON_DEPTH} levels deep: flatten the deepest part."
+
+
+def json_depth(value: Any) -> int:
+    """How many objects and arrays deep a JSON value goes (counted without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def contains_nul(value: Any) -> bool:
     """Whether a JSON value holds a NUL character anywhere (PostgreSQL's jsonb refuses it)."""
     if isinstance(value, str):
@@ -52,12 +69,31 @@ class JSONObjectField(forms.JSONField):
             return value
         return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
 
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(TOO_DEEP) from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        """A form shown back keeps JSON nested too deep as the text typed (re-encoding it
+        would recurse as deep)."""
+        try:
+            value = super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
+        if json_depth(value) > MAX_JSON_DEPTH:
+            return forms.fields.InvalidJSONInput(data)
+        return value
+
     def clean(self, value: Any) -> dict:
         result = super().clean(value)
         if result is None:
             return {}
         if not isinstance(result, dict):
             raise ValidationError(f"Enter a JSON object in braces, e.g. {self.example}.")
+        if json_depth(result) > MAX_JSON_DEPTH:
+            raise ValidationError(TOO_DEEP)
         if contains_nul(result):
             raise ValidationError("Remove the NUL characters (\\u0000): they cannot be stored.")
         return result

@@ -228,6 +228,40 @@ def test_invalid_json_for_the_desired_state_is_shown_back(client, alice, acme_de
     assert response.context["desired_form"].errors["desired"]
 
 
+def nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [33, 500, 100_000])
+@pytest.mark.parametrize(
+    ("url", "field", "form"),
+    [
+        ("devices:edit-desired", "desired", "desired_form"),
+        ("devices:send-command", "params", "command_form"),
+    ],
+)
+def test_json_nested_too_deep_is_shown_back_not_a_crash(
+    client, alice, acme_device, url, field, form, depth
+):
+    client.force_login(alice)
+    response = client.post(
+        reverse(url, args=[acme_device.key]), {"name": "x", field: nested(depth), "seen": "{}"}
+    )
+    assert response.status_code == 400
+    assert "at most 32 levels deep" in response.context[form].errors[field][0]
+    assert DeviceShadow.objects.get(device=acme_device).desired == {}
+    assert not Command.objects.exists()
+
+
+def test_json_32_levels_deep_is_taken(client, alice, acme_device):
+    client.force_login(alice)
+    response = client.post(
+        reverse("devices:edit-desired", args=[acme_device.key]),
+        {"desired": nested(32), "seen": "{}"},
+    )
+    assert response.status_code == 302
+
+
 def test_an_operator_sends_a_command_from_the_page(client, alice, acme_device):
     client.force_login(alice)
     response = client.post(
@@ -313,3 +347,12 @@ def test_the_group_form_starts_from_an_empty_object(client, alice, acme_group):
     form = client.get(reverse("devices:group", args=[acme_group.pk])).context["form"]
     assert form["patch"].value() == "{}"
     assert "null" not in str(form["patch"])
+
+
+def test_a_group_change_nested_too_deep_is_shown_back(client, alice, acme_group):
+    client.force_login(alice)
+    response = client.post(
+        reverse("devices:group-desired", args=[acme_group.pk]), {"patch": nested(100_000)}
+    )
+    assert response.status_code == 400
+    assert "at most 32 levels deep" in response.context["form"].errors["patch"][0]
