@@ -16,6 +16,7 @@ from django.conf import settings
 from devices.models import DeviceGroup, DeviceType, Role, Tenant
 
 from .models import FirmwareRelease, WaveMode
+from .services import rollback_plan
 
 
 def writable_tenants(user: Any) -> Any:
@@ -242,3 +243,5 @@ class RollbackForm(forms.Form):
         self.fields["release"].queryset = FirmwareRelease.objects.filter(
             tenant=rollout.tenant_id
         ).exclude(pk=rollout.release_id)
+        if not self.is_bound:  # proposed: the version most of the devices ran before
+            self.initial = {"release": rollback_plan(rollout).release, "include_updated": True}

@@ -199,9 +199,6 @@ def rollout_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if not _may_change(request, rollout.tenant_id):
         raise PermissionDenied("Changing a rollout needs the operator role in its tenant.")
     form = RollbackForm(request.POST or None, rollout=rollout) if action == "rollback" else None
-    if form is not None and request.method == "GET":
-        plan = services.rollback_plan(rollout)
-        form.initial = {"release": plan.release, "include_updated": True}
     if request.method == "POST":
         try:
             done = pages.perform(action, rollout, request.user, form)

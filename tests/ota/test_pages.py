@@ -160,6 +160,34 @@ def test_each_action_is_confirmed_with_what_it_will_do(client, alice, make_relea
     assert "The 5 devices updating right now finish their update" in confirm
 
 
+def test_the_rollback_page_proposes_the_previous_version_and_starts_the_rollback(
+    client, alice, make_release, fleet
+):
+    fleet(4)  # running 2.0.0
+    previous = make_release("2.0.0")
+    rollout = draft(make_release("2.1.0"), wave_plan=[100], failure_threshold=100)
+    services.start_rollout(rollout)
+    failed = DeviceUpdate.objects.filter(rollout=rollout).select_related("device").first()
+    ingest([report(failed, "failed", reason="flash CRC mismatch")])
+    client.force_login(alice)
+    url = reverse("ota:rollout-action", args=[rollout.pk, "rollback"])
+
+    confirm = client.get(url)
+    assert confirm.context["form"]["release"].value() == previous.pk
+    assert "They ran before: 2.0.0 (1)." in confirm.text  # the one that finished
+
+    refused = client.post(url, {"release": previous.pk, "include_updated": ""})
+    assert refused.status_code == 200
+    assert refused.context["form"].errors["allow_downgrade"]
+    done = client.post(
+        url, {"release": previous.pk, "include_updated": "", "allow_downgrade": "on"}
+    )
+    rollback = Rollout.objects.get(rollback_of=rollout)
+    assert done.url == reverse("ota:rollout", args=[rollback.pk])
+    assert rollback.release == previous
+    assert list(rollback.updates.values_list("device_id", flat=True)) == [failed.device_id]
+
+
 def test_an_action_the_state_refuses_comes_back_with_the_reason(client, alice, make_release):
     rollout = draft(make_release())
     client.force_login(alice)
