@@ -288,3 +288,13 @@ def test_every_operator_page_is_classified_here():
     walk(get_resolver().url_patterns, "")
     unclassified = names - READS - set(WRITES)
     assert not unclassified, f"classify {sorted(unclassified)} in this test"
+
+
+def test_a_refusal_says_why_and_what_to_do(client, bob, acme_fleet):
+    client.force_login(bob)
+    response = client.post(*_post_cases(acme_fleet)["devices:send-command"])
+    assert response.status_code == 403
+    assert "Viewers cannot change devices: ask a tenant admin for operator." in response.text
+    assert "ask an admin of the tenant to make you an operator" in response.text
+    response = client.get(reverse("ota:rollout-new"))
+    assert "Creating a rollout needs the operator role in a tenant." in response.text
