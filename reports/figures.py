@@ -185,7 +185,8 @@ def rollout_figures(tenant: Tenant, start: datetime, end: datetime) -> RolloutFi
     """Rollouts that ran during the period (started before its end, not finished before its
     start), each with its release, status and its devices' updates by outcome; `outcomes`
     counts the rollouts by status. One query for the rollouts, one for their updates."""
-    from ota.models import FAILURES, DeviceUpdate, Rollout, UpdateState
+    from ota.models import FAILURES, Rollout, UpdateState
+    from ota.services import progress_counts
 
     rollouts = list(
         Rollout.objects.for_tenant(tenant)
@@ -195,15 +196,7 @@ def rollout_figures(tenant: Tenant, start: datetime, end: datetime) -> RolloutFi
         .order_by("started_at", "pk")
     )
     figures = RolloutFigures()
-    counts: dict[int, dict[str, int]] = {r.pk: {} for r in rollouts}
-    for rollout_id, state, n in (
-        DeviceUpdate.objects.filter(rollout__in=rollouts)
-        .order_by()
-        .values("rollout_id", "state")
-        .annotate(n=Count("pk"))
-        .values_list("rollout_id", "state", "n")
-    ):
-        counts[rollout_id][state] = n
+    counts = progress_counts(rollout.pk for rollout in rollouts)
     for rollout in rollouts:
         states = counts[rollout.pk]
         figures.started += start <= rollout.started_at < end
