@@ -12,7 +12,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 
 from devices.models import Device, Metric, Tenant, TenantQuerySet
 from rules.models import Rule, Severity
@@ -33,6 +34,19 @@ class AlertKind(models.TextChoices):
 class AlertQuerySet(TenantQuerySet):
     def unresolved(self) -> AlertQuerySet:
         return self.exclude(state=AlertState.RESOLVED)
+
+    def count_per(self, field: str) -> Coalesce:
+        """These alerts counted for each row of an outer query, matched on `field`, as a
+        subquery (no row per alert; 0, not NULL):
+        `devices.annotate(open_alerts=Alert.objects.unresolved().count_per("device"))`."""
+        counted = (
+            self.filter(**{field: OuterRef("pk")})
+            .order_by()
+            .values(field)
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return Coalesce(Subquery(counted, output_field=models.IntegerField()), 0)
 
 
 class Alert(models.Model):

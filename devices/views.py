@@ -9,14 +9,13 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from alerts.models import Alert, AlertState
+from alerts.models import Alert
 from dashboards.pages import live_page, paginate
 from devices import pages, services
 from devices.forms import CommandForm, DesiredEditForm, DeviceFilterForm, GroupDesiredForm
@@ -29,17 +28,7 @@ VALUES_IN_LIST = 4
 
 def with_open_alerts(devices: QuerySet) -> QuerySet:
     """Annotate `open_alerts`, the device's unresolved alerts (a subquery: no row per alert)."""
-    unresolved = (
-        Alert.objects.filter(device=OuterRef("pk"))
-        .exclude(state=AlertState.RESOLVED)
-        .order_by()
-        .values("device")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return devices.annotate(
-        open_alerts=Coalesce(Subquery(unresolved, output_field=IntegerField()), 0)
-    )
+    return devices.annotate(open_alerts=Alert.objects.unresolved().count_per("device"))
 
 
 def _device_list(request: HttpRequest) -> dict[str, Any]:

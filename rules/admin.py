@@ -6,12 +6,11 @@ from datetime import date
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 
-from alerts.models import Alert, AlertState, RuleChannel
+from alerts.models import Alert, RuleChannel
 from devices.admin.tenancy import (
     TenantScopedAdmin,
     TenantScopedFilter,
@@ -103,15 +102,11 @@ class RuleAdmin(TenantScopedAdmin):
         js = ["rules/rule_form.js"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        unresolved = (
-            Alert.objects.filter(rule=OuterRef("pk"))
-            .exclude(state=AlertState.RESOLVED)
-            .order_by()
-            .values("rule")
-            .annotate(n=Count("pk"))
-            .values("n")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(open_alerts=Alert.objects.unresolved().count_per("rule"))
         )
-        return super().get_queryset(request).annotate(open_alerts=Coalesce(Subquery(unresolved), 0))
 
     open_alerts = count_column("open_alerts", "Open alerts")
 
