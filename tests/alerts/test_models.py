@@ -22,9 +22,7 @@ def alert(device: Device, state: str = AlertState.OPEN) -> Alert:
     )
 
 
-def test_unresolved_alerts_are_counted_per_device_in_one_query(
-    acme, django_assert_num_queries
-):
+def test_unresolved_alerts_are_counted_per_device_in_one_query(acme, django_assert_num_queries):
     busy, quiet, _calm = (make_device(acme, key) for key in ("busy", "quiet", "calm"))
     alert(busy)
     alert(busy, AlertState.ACKNOWLEDGED)
