@@ -261,6 +261,13 @@ def send_fleet_reports(
     queryset = Tenant.objects.order_by("slug")
     if tenants:
         queryset = queryset.filter(slug__in=tenants)
+        unknown = sorted(set(tenants) - set(queryset.values_list("slug", flat=True)))
+        if unknown:  # a typo in a beat row's kwargs would otherwise mean silence
+            log.warning(
+                "fleet reports: no tenant has the slug %s: correct the task's kwargs "
+                "(Admin → Periodic tasks)",
+                ", ".join(repr(slug) for slug in unknown),
+            )
     made = []
     for tenant in queryset:
         try:

@@ -136,6 +136,16 @@ def test_the_task_reports_on_the_tenants_named_over_the_period_asked(fleet, reci
     assert [m.to for m in emails] == [["boss@acme.example", "ops@acme.example"]]
 
 
+def test_a_tenant_slug_that_names_no_tenant_is_logged_with_what_to_fix(
+    fleet, recipients, emails, caplog
+):
+    made = send_fleet_reports_task(tenants=["acme", "acmee"])
+    assert len(made) == 1
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "acmee" in warning.getMessage()
+    assert "Periodic tasks" in warning.getMessage()
+
+
 def test_every_tenant_gets_its_report_by_default(fleet, recipients, emails):
     ids = send_fleet_reports_task()
     assert sorted(
