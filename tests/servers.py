@@ -61,6 +61,23 @@ def output_of(process: subprocess.Popen) -> str:
     return log.read_text(errors="replace")[-6000:] if log and log.exists() else ""
 
 
+def wait_for_log(
+    process: subprocess.Popen, *fragments: str, timeout: float = START_TIMEOUT, what: str = ""
+) -> None:
+    """Wait until one line of the process's output holds every fragment (the whole log is read:
+    a line printed early is found however much follows it)."""
+    deadline = time.monotonic() + timeout
+    what = what or "the process"
+    while time.monotonic() < deadline:
+        log: Path | None = getattr(process, "log", None)
+        text = log.read_text(errors="replace") if log and log.exists() else ""
+        if any(all(f in line for f in fragments) for line in text.splitlines()):
+            return
+        assert process.poll() is None, f"{what} exited early:\n{output_of(process)}"
+        time.sleep(0.2)
+    pytest.fail(f"{what}: no line with {fragments} within {timeout:g} s:\n{output_of(process)}")
+
+
 def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

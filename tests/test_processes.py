@@ -32,6 +32,7 @@ from tests.servers import (
     output_of,
     start_daphne,
     wait_for_http,
+    wait_for_log,
 )
 
 START_TIMEOUT = 60.0
@@ -190,18 +191,6 @@ def wait_for_api(url: str, token: str, process: subprocess.Popen, field: str = "
             return body
         time.sleep(0.5)
     pytest.fail(f"{url} still empty after {START_TIMEOUT:g} s:\n{output_of(process)}")
-
-
-def wait_for_log(process: subprocess.Popen, *fragments: str) -> None:
-    """Wait until one line of the process's output holds every fragment."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the process exited early:\n{output_of(process)}"
-        text = process.log.read_text(errors="replace")  # type: ignore[attr-defined]
-        if any(all(f in line for f in fragments) for line in text.splitlines()):
-            return
-        time.sleep(0.3)
-    pytest.fail(f"no line with {fragments} within {START_TIMEOUT:g} s:\n{output_of(process)}")
 
 
 def drop_database(name: str) -> None:

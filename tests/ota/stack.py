@@ -28,6 +28,7 @@ from tests.servers import (
     database_url,
     free_port,
     output_of,
+    wait_for_log,
 )
 from tests.test_processes import wait_for_http
 
@@ -105,14 +106,7 @@ class Stack:
         return "\n".join(f"--- {n}\n{output_of(p)[-tail:]}" for n, p in self.processes.items())
 
     def wait_for_log(self, name: str, text: str, timeout: float = 90) -> None:
-        process = self.processes[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in output_of(process):
-                return
-            assert process.poll() is None, f"{name} exited early:\n{output_of(process)}"
-            time.sleep(0.2)
-        pytest.fail(f"{name} did not log {text!r} within {timeout:g} s:\n{self.logs()}")
+        wait_for_log(self.processes[name], text, timeout=timeout, what=name)
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

@@ -33,6 +33,7 @@ from tests.servers import (
     celery_worker,
     output_of,
     start_postgres,
+    wait_for_log,
 )
 
 DEVICES = 20
@@ -137,13 +138,7 @@ class Pipeline:
         self.ingest.wait(timeout=10)
 
     def wait_for_log(self, process: subprocess.Popen, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in output_of(process):
-                return
-            assert process.poll() is None, f"exited early:\n{output_of(process)}"
-            time.sleep(0.1)
-        pytest.fail(f"{text!r} not logged within {timeout} s:\n{output_of(process)}")
+        wait_for_log(process, text, timeout=timeout)
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.database_url, connect_timeout=5) as conn:
