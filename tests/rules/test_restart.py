@@ -52,7 +52,8 @@ def test_a_duration_rule_opens_exactly_when_its_duration_passed_across_a_worker_
         tenant=acme_device.tenant, device_type=acme_device.device_type, name="Warm 5 min",
         kind=RuleKind.DURATION, condition="temperature > 8", for_duration=timedelta(minutes=5),
     )  # fmt: skip
-    broker = Celery(broker=redis_server.url)
+    # Not the current app: later tests in this process queue their tasks on the project's app.
+    broker = Celery(broker=redis_server.url, set_as_current=False)
 
     def ingest(minute: int) -> None:
         broker.send_task(
@@ -92,7 +93,8 @@ def test_a_no_data_alert_survives_a_worker_restart_and_resolves_on_the_next_read
         tenant=acme_device.tenant, device_type=acme_device.device_type, name="Silent",
         kind=RuleKind.NO_DATA, for_duration=timedelta(minutes=1),
     )  # fmt: skip
-    broker = Celery(broker=redis_server.url)
+    # Not the current app: later tests in this process queue their tasks on the project's app.
+    broker = Celery(broker=redis_server.url, set_as_current=False)
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     first = start_worker(launch, redis_server)
     broker.send_task(
