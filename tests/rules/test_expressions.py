@@ -433,16 +433,18 @@ HOSTILE = [
 def test_hostile_or_malformed_conditions_are_refused_quickly_with_a_clear_message(
     text, problem, position
 ):
-    started = time.perf_counter()
+    # CPU time, not wall time: on a loaded machine the process may wait for a CPU; a resource
+    # bomb would burn seconds of its own.
+    started = time.process_time()
     with pytest.raises(ExpressionError) as caught:
         parse(text, METRICS if "temp" in text or "hum" in text else None)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     error = caught.value
     assert problem in error.message
     assert 0 <= error.position <= len(text)
     if position is not None:
         assert error.position == position
-    assert elapsed < 0.05
+    assert elapsed < 0.1
     assert error.pointer().count("\n") == 1
 
 
