@@ -173,6 +173,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    # DRF's parsers, with the JSON one refusing JSON nested too deep with a 400, not a 500.
+    "DEFAULT_PARSER_CLASSES": [
+        "iotfleet.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
         "devices.api.permissions.TenantRolePermission",

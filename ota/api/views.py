@@ -16,7 +16,7 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
@@ -30,6 +30,7 @@ from devices.api.tenancy import (
     request_tenant,
 )
 from devices.models import Role
+from iotfleet.parsers import JSONParser
 from ota import services, uploads
 from ota.models import (
     DeviceUpdate,
