@@ -287,6 +287,10 @@ INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=20000)
 INGEST_HOLD_SECONDS = env.float("INGEST_HOLD_SECONDS", default=1.0)
 INGEST_MIN_BATCH = env.int("INGEST_MIN_BATCH", default=100)
 INGEST_STATS_SECONDS = env.float("INGEST_STATS_SECONDS", default=30.0)
+# mqtt_ingest reads its socket, decodes the usual PUBLISH and acknowledges through paho-mqtt
+# internals (telemetry/ingest.py: IngestClient), half the CPU a message of paho's own client. Only
+# with the paho-mqtt release it was written for; off (or another release) = paho's own client.
+INGEST_PAHO_FAST_PATH = env.bool("INGEST_PAHO_FAST_PATH", default=True)
 
 # --- Rules and alerts -------------------------------------------------------------------------
 # An alert that comes back within this long after resolving reopens (flapping) instead of

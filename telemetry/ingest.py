@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from django.conf import settings
 from kombu.exceptions import ChannelError
@@ -61,6 +62,27 @@ STOP_GRACE_SECONDS = 10.0
 
 Send = Callable[[list[Entry]], None]
 Backlog = Callable[[], int]
+
+
+# The paho-mqtt release IngestClient and send_pubacks were written and tested against: they use
+# paho's private methods and attributes, which any other release may have changed.
+FAST_PATH_PAHO = "2.2.0"
+FAST_PATH_NEEDS = ("_create_socket", "_handle_publish", "_packet_queue", "_send_puback")
+
+
+def fast_path_refusal() -> str | None:
+    """Why mqtt_ingest must use paho's own client (None: the fast path may be used)."""
+    if not settings.INGEST_PAHO_FAST_PATH:
+        return "INGEST_PAHO_FAST_PATH is off"
+    if paho.mqtt.__version__ != FAST_PATH_PAHO:
+        return (
+            f"paho-mqtt is {paho.mqtt.__version__}, the fast path was written for "
+            f"{FAST_PATH_PAHO}: pin paho-mqtt=={FAST_PATH_PAHO} to get it back"
+        )
+    missing = [name for name in FAST_PATH_NEEDS if not hasattr(mqtt.Client, name)]
+    if missing:
+        return f"paho-mqtt lacks {', '.join(missing)}"
+    return None
 
 
 class BufferedSocket:
@@ -162,17 +184,16 @@ def send_pubacks(client: mqtt.Client, mids: list[int]) -> None:
     """Acknowledge QoS 1 messages by id, all in one write. paho's `ack()` queues a packet and
     wakes its network thread per message (~6 µs each, a tenth of this process's CPU); here one
     queued write carries them all. It uses paho's packet queue (paho-mqtt is pinned, and
-    tests/telemetry/test_ingest_worker.py fails if the acks stop reaching the broker); should a
-    paho lack it, one `ack()` per message."""
+    tests/telemetry/test_ingest_worker.py fails if the acks stop reaching the broker); with
+    paho's own client (fast path off), one `ack()` per message."""
     if not mids:
         return
-    queue = getattr(client, "_packet_queue", None)
-    if queue is None:
+    if not isinstance(client, IngestClient):
         for mid in mids:
             client.ack(mid, 1)
         return
     pack = _PUBACK.pack
-    queue(PUBACK, b"".join([pack(PUBACK, 2, mid) for mid in mids]), 0, 0)
+    client._packet_queue(PUBACK, b"".join([pack(PUBACK, 2, mid) for mid in mids]), 0, 0)
 
 
 def subscriptions(group: str = SHARE_GROUP) -> list[tuple[str, SubscribeOptions]]:
@@ -262,7 +283,10 @@ class IngestWorker:
 
     # --- MQTT ---------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        client = IngestClient(
+        refusal = fast_path_refusal()
+        if refusal:
+            log.warning("receiving with paho's own client, ~2x the CPU a message: %s", refusal)
+        client = (mqtt.Client if refusal else IngestClient)(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,

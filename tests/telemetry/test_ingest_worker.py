@@ -15,7 +15,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from telemetry.ingest import BufferedSocket, IngestWorker
+from telemetry import ingest
+from telemetry.ingest import BufferedSocket, IngestClient, IngestWorker
 from tests.servers import Mosquitto
 
 RECEIVE_MAXIMUM = 10
@@ -46,9 +47,10 @@ def handover() -> Handover:
     return Handover()
 
 
-@pytest.fixture
-def worker(settings, mosquitto: Mosquitto, handover: Handover) -> Iterator[IngestWorker]:
+@pytest.fixture(params=["fast path", "paho's own client"])
+def worker(request, settings, mosquitto: Mosquitto, handover: Handover) -> Iterator[IngestWorker]:
     settings.INGEST_HOLD_SECONDS = 0.05
+    settings.INGEST_PAHO_FAST_PATH = request.param == "fast path"
     worker = IngestWorker(
         mosquitto.url,
         "pytest-acks",
@@ -58,6 +60,7 @@ def worker(settings, mosquitto: Mosquitto, handover: Handover) -> Iterator[Inges
         send=handover,
         backlog=None,
     )
+    assert isinstance(worker.client, IngestClient) == settings.INGEST_PAHO_FAST_PATH
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     assert worker.connected.wait(10), "the worker did not connect"
@@ -171,3 +174,12 @@ def test_the_buffered_socket_hands_out_what_one_read_brought_piece_by_piece():
     assert buffered.recv(1) == b""  # the broker closed the connection
     assert buffered.fileno() == ours.fileno()
     ours.close()
+
+
+def test_another_paho_release_gets_paho_s_own_client_and_a_warning(monkeypatch, caplog):
+    # The fast path uses paho's internals: a paho upgrade must not silently run it.
+    monkeypatch.setattr(ingest.paho.mqtt, "__version__", "2.3.0")
+    with caplog.at_level("WARNING", logger="telemetry.ingest"):
+        worker = IngestWorker("mqtt://127.0.0.1:1", "pytest-upgrade", send=list, backlog=None)
+    assert type(worker.client) is mqtt.Client
+    assert "paho-mqtt is 2.3.0, the fast path was written for 2.2.0" in caplog.text
