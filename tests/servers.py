@@ -329,9 +329,13 @@ def start_daphne(launch: Launch, **env: str) -> str:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
+def launch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launch]:
     """Start Python processes in the repository (`launch("manage.py", "mqtt_ingest", X="y")`);
-    all of them are stopped when the test ends."""
+    all of them are stopped when the test ends, before its database is emptied."""
+    if "transactional_db" in request.fixturenames:
+        # Set up first, so torn down last: the processes stop before pytest-django's TRUNCATE,
+        # which deadlocked with a worker still writing (tests/ota/test_simulator_ota.py).
+        request.getfixturevalue("transactional_db")
     started: list[subprocess.Popen] = []
 
     def start(*args: str, **env: str) -> subprocess.Popen:
