@@ -331,11 +331,14 @@ def start_daphne(launch: Launch, **env: str) -> str:
 @pytest.fixture
 def launch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launch]:
     """Start Python processes in the repository (`launch("manage.py", "mqtt_ingest", X="y")`);
-    all of them are stopped when the test ends, before its database is emptied."""
-    if "transactional_db" in request.fixturenames:
-        # Set up first, so torn down last: the processes stop before pytest-django's TRUNCATE,
-        # which deadlocked with a worker still writing (tests/ota/test_simulator_ota.py).
-        request.getfixturevalue("transactional_db")
+    all of them are stopped when the test ends, before the database is emptied and the test's
+    own broker and Redis stop."""
+    # What the processes talk to is set up first, so torn down after them: pytest-django's
+    # TRUNCATE deadlocked with a worker still writing, and mqtt_ingest stopping with its Redis
+    # gone spent its grace period retrying the handover, then was killed (20 s a test).
+    for name in ("transactional_db", "mosquitto", "secured_mosquitto", "redis_server"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
     started: list[subprocess.Popen] = []
 
     def start(*args: str, **env: str) -> subprocess.Popen:
