@@ -304,6 +304,21 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = START_TI
     pytest.fail(f"{url} did not answer within {timeout:g} s:\n{output_of(process)}")
 
 
+def process_env(
+    redis: Redis | None = None, mosquitto: Mosquitto | None = None, **extra: str
+) -> dict[str, str]:
+    """Settings for a process a test launches: the test database without persistent connections
+    (so it can be emptied and dropped after), and the test's own Redis (Celery, Channels) and
+    broker when given; `extra` adds or overrides."""
+    env = {"DATABASE_URL": database_url(), "DATABASE_CONN_MAX_AGE": "0"}
+    if redis:
+        names = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CHANNELS_REDIS_URL")
+        env.update(dict.fromkeys(names, redis.url))
+    if mosquitto:
+        env["MQTT_URL"] = mosquitto.url
+    return {**env, **extra}
+
+
 def start_daphne(launch: Launch, **env: str) -> str:
     """A daphne process serving the project (HTTP and websockets) on the test database; returns
     its base URL. Committed rows are what it sees; `env` adds settings (CHANNELS_REDIS_URL...)."""
@@ -316,12 +331,7 @@ def start_daphne(launch: Launch, **env: str) -> str:
         "-p",
         str(port),
         "iotfleet.asgi:application",
-        **{
-            "DATABASE_URL": database_url(),
-            # No persistent connections, so the test database can be flushed and dropped after.
-            "DATABASE_CONN_MAX_AGE": "0",
-            **env,
-        },
+        **process_env(**env),
     )
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/admin/login/", process)

@@ -22,7 +22,7 @@ from alerts.models import ChannelKind, Notification, NotificationStatus
 from alerts.notifications import deliver_notification, queue_notifications, retry_delay
 from alerts.transports import webhook
 from tests.alerts.test_notifications import attach, make_channel, make_rule, open_alert
-from tests.servers import celery_worker, database_url, free_port, output_of
+from tests.servers import celery_worker, database_url, free_port, output_of, process_env
 
 SECRET = "receiver-shared-secret-0042"
 
@@ -260,14 +260,7 @@ def test_a_real_worker_retries_a_failing_receiver_until_one_delivery_succeeds(
     acme, acme_freezer_type, acme_device, receiver, redis_server, launch
 ):
     alert = webhook_alert(acme, acme_freezer_type, acme_device, receiver.url)
-    env = {
-        "DATABASE_URL": database_url(),
-        "DATABASE_CONN_MAX_AGE": "0",
-        "REDIS_URL": redis_server.url,
-        "CELERY_BROKER_URL": redis_server.url,
-        "CELERY_RESULT_BACKEND": redis_server.url,
-        "IOTFLEET_NOTIFY_BACKOFF_SECONDS": "0.3",
-    }
+    env = process_env(redis_server, IOTFLEET_NOTIFY_BACKOFF_SECONDS="0.3")
     worker = launch(*celery_worker(f"notify-{free_port()}"), **env)
     _wait_for(lambda: "ready." in output_of(worker), "the worker to start", worker)
 

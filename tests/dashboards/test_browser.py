@@ -31,7 +31,14 @@ from telemetry.services import ingest_batch
 from telemetry.validation import parse_message
 from tests.browser import save_screenshot
 from tests.factories import make_device, make_device_type
-from tests.servers import Launch, Redis, celery_worker, database_url, output_of, start_daphne
+from tests.servers import (
+    Launch,
+    Redis,
+    celery_worker,
+    output_of,
+    process_env,
+    start_daphne,
+)
 
 LIVE_WITHIN = 2.0  # seconds from the event to the page showing it
 SETUP_TIMEOUT_MS = 60_000  # page loads, logins, websocket connects on a loaded machine
@@ -330,16 +337,7 @@ def test_an_operator_sends_a_command_and_a_desired_state_and_sees_the_device_ans
     and pushes → the page shows the answer, without a reload. Then SCENARIOS.md #4 for one
     device: a desired reporting_interval reaches the device, which applies and reports it, and
     the page shows the delta cleared."""
-    env = {
-        "DATABASE_URL": database_url(),
-        "DATABASE_CONN_MAX_AGE": "0",
-        "REDIS_URL": redis_server.url,
-        "CELERY_BROKER_URL": redis_server.url,
-        "CELERY_RESULT_BACKEND": redis_server.url,
-        "CHANNELS_REDIS_URL": redis_server.url,
-        "MQTT_URL": mosquitto.url,
-        "INGEST_HOLD_SECONDS": "0.2",
-    }
+    env = process_env(redis_server, mosquitto, INGEST_HOLD_SECONDS="0.2")
     base = start_daphne(launch, **env)
     worker = launch(*celery_worker(f"pytest-{uuid.uuid4().hex[:8]}"), **env)
     ingest = launch("manage.py", "mqtt_ingest", "--client-id", f"pytest-{uuid.uuid4().hex}", **env)

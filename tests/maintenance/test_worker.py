@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from alerts.models import Alert, AlertKind
 from maintenance.models import MaintenancePrediction
-from tests.servers import celery_worker, database_url, free_port, output_of
+from tests.servers import celery_worker, free_port, output_of, process_env, wait_for_log
 
 SEND_IT = """
 import django; django.setup()
@@ -22,19 +20,9 @@ def test_a_worker_scores_the_fleet_and_opens_the_maintenance_alert(
     pump_fleet, redis_server, launch
 ):
     _, _, _, wearing = pump_fleet
-    env = {
-        "DATABASE_URL": database_url(),
-        "DATABASE_CONN_MAX_AGE": "0",
-        "REDIS_URL": redis_server.url,
-        "CELERY_BROKER_URL": redis_server.url,
-        "CELERY_RESULT_BACKEND": redis_server.url,
-    }
+    env = process_env(redis_server)
     worker = launch(*celery_worker(f"maintenance-{free_port()}"), **env)
-    deadline = time.monotonic() + 90
-    while "ready." not in output_of(worker):
-        assert worker.poll() is None, output_of(worker)
-        assert time.monotonic() < deadline, f"the worker did not start:\n{output_of(worker)}"
-        time.sleep(0.2)
+    wait_for_log(worker, "ready.", timeout=90, what="the worker")
 
     sender = launch("-c", SEND_IT, **env)
     assert sender.wait(timeout=150) == 0, output_of(sender) + output_of(worker)

@@ -25,9 +25,9 @@ from tests.servers import (
     Mosquitto,
     Redis,
     celery_worker,
-    database_url,
     free_port,
     output_of,
+    process_env,
     wait_for_log,
 )
 from tests.test_processes import wait_for_http
@@ -49,21 +49,16 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {
-            "DATABASE_URL": database_url(),
-            "DATABASE_CONN_MAX_AGE": "0",
-            "REDIS_URL": self.redis.url,
-            "CELERY_BROKER_URL": self.redis.url,
-            "CELERY_RESULT_BACKEND": self.redis.url,
-            "CHANNELS_REDIS_URL": self.redis.url,
-            "MQTT_URL": self.mosquitto.url,
-            "MEDIA_ROOT": str(self.media),
-            "OTA_DOWNLOAD_BASE_URL": self.base,
-            "INGEST_FLUSH_SECONDS": "0.05",
-            "INGEST_HOLD_SECONDS": "0.2",
-            "LOG_LEVEL": "INFO",
+        return process_env(
+            self.redis,
+            self.mosquitto,
+            MEDIA_ROOT=str(self.media),
+            OTA_DOWNLOAD_BASE_URL=self.base,
+            INGEST_FLUSH_SECONDS="0.05",
+            INGEST_HOLD_SECONDS="0.2",
+            LOG_LEVEL="INFO",
             **extra,
-        }
+        )
 
     def start_platform(self) -> None:
         web = self.launch(
