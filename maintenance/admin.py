@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
-from devices.admin.tenancy import TenantScopedAdmin, TenantScopedFilter
+from devices.admin.tenancy import ReadOnlyTenantAdmin, TenantScopedFilter
 from maintenance.models import MaintenancePrediction
 
 
 @admin.register(MaintenancePrediction)
-class MaintenancePredictionAdmin(TenantScopedAdmin):
+class MaintenancePredictionAdmin(ReadOnlyTenantAdmin):
     list_display = [
         "device",
         "metric",
@@ -30,12 +27,3 @@ class MaintenancePredictionAdmin(TenantScopedAdmin):
     list_select_related = ["device", "metric", "tenant"]
     search_fields = ["device__key", "device__name", "metric__name"]
     ordering = ["health"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
-from devices.admin.tenancy import TenantScopedAdmin, TenantScopedFilter
+from devices.admin.tenancy import ReadOnlyTenantAdmin, TenantScopedAdmin, TenantScopedFilter
 from devices.models import Role, has_role
 
 from . import services
@@ -148,7 +148,7 @@ class RolloutAdmin(AddOnThePages, TenantScopedAdmin):
 
 
 @admin.register(DeviceUpdate)
-class DeviceUpdateAdmin(TenantScopedAdmin):
+class DeviceUpdateAdmin(ReadOnlyTenantAdmin):
     list_display = ["device", "rollout", "wave", "state", "progress", "attempts", "reason"]
     list_filter = ["state", "wave", ("rollout", TenantScopedFilter)]
     search_fields = ["device__key", "device__name", "reason"]
@@ -156,12 +156,3 @@ class DeviceUpdateAdmin(TenantScopedAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [field.name for field in DeviceUpdate._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

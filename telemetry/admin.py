@@ -22,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from devices.admin.tenancy import TenantScopedAdmin, TenantScopedFilter
+from devices.admin.tenancy import ReadOnlyTenantAdmin, TenantScopedFilter
 from devices.models import Device
 from telemetry.models import DeviceIngestState, IngestEvent, RejectedMessage
 from telemetry.queries import latest_for_device, recent_averages
@@ -288,19 +288,6 @@ class ReasonKindFilter(admin.SimpleListFilter):
             every = [phrase for _, phrases in REASON_KINDS.values() for phrase in phrases]
             return queryset.exclude(_reason_matches(every))
         return queryset
-
-
-class ReadOnlyTenantAdmin(TenantScopedAdmin):
-    """Rows ingest writes: members of the tenant read them, nobody edits them here."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(RejectedMessage)

@@ -12,6 +12,8 @@ this app and others. It needs a model whose manager is a `TenantQuerySet` and wh
 - forms: the `tenant` choices are the tenants where the user holds `write_role` (preselected when
   there is one), every other related choice is limited to the user's tenants, related rows of
   another tenant than the object's are refused, and the tenant is read-only once set.
+
+`ReadOnlyTenantAdmin` is the same for rows only the platform writes: nobody adds, edits or deletes.
 """
 
 from __future__ import annotations
@@ -159,6 +161,20 @@ class TenantScopedAdmin(_TenantScopedChoices, admin.ModelAdmin):
             if len(writable) == 1:
                 initial[self.tenant_field] = writable[0].pk
         return initial
+
+
+class ReadOnlyTenantAdmin(TenantScopedAdmin):
+    """Rows the platform writes (ingest, rollouts, the maintenance model): members of the tenant
+    read them, nobody adds, edits or deletes them here."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class TenantScopedInline(_TenantScopedChoices, admin.TabularInline):
