@@ -44,10 +44,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.databases import database_url, fresh_database  # noqa: E402
 from tests.servers import celery_worker, start_mosquitto, start_redis  # noqa: E402
 
 DATABASE = "iotfleet_bench"
-SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 DEVICES = 1000
 KEYS = [f"bench-{n:04d}" for n in range(DEVICES)]
 METRICS = (("temperature", "°C", -40, 60), ("humidity", "%", 0, 100), ("co2", "ppm", 0, 5000))
@@ -247,16 +247,13 @@ class World:
 
     @property
     def database_url(self) -> str:
-        return f"{SERVER_URL}/{DATABASE}"
+        return database_url(DATABASE)
 
     def setup(self) -> None:
-        import psycopg
 
         self.mosquitto = start_mosquitto(self.tmp / "mosquitto")
         self.redis = start_redis(self.tmp / "redis", persistent=True)
-        with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+        fresh_database(DATABASE)
         self.env = {
             "DJANGO_SETTINGS_MODULE": "iotfleet.settings",
             "DATABASE_URL": self.database_url,

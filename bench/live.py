@@ -46,10 +46,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.databases import database_url, drop_database, fresh_database  # noqa: E402
 from tests.servers import free_port, start_redis, wait_for_http  # noqa: E402
 
 DATABASE = "iotfleet_bench_live"
-SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 DEVICES = 10_000
 HOT = "bench-hot"
 INGEST_RATE = 10_000  # messages/s
@@ -73,15 +73,12 @@ class World:
         self.frame_seconds: float | None = None
 
     def setup(self) -> None:
-        import psycopg
 
         self.redis = start_redis(self.tmp / "redis", persistent=False)
-        with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+        fresh_database(DATABASE)
         self.env = {
             "DJANGO_SETTINGS_MODULE": "iotfleet.settings",
-            "DATABASE_URL": f"{SERVER_URL}/{DATABASE}",
+            "DATABASE_URL": database_url(DATABASE),
             "REDIS_URL": self.redis.url,
             "CHANNELS_REDIS_URL": self.redis.url,
             "LOG_LEVEL": "WARNING",
@@ -191,10 +188,7 @@ class World:
         from django.db import connections
 
         connections.close_all()
-        import psycopg
-
-        with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        drop_database(DATABASE)
 
 
 # --- pushers (processes of their own, as the Celery workers are) --------------------------------

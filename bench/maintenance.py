@@ -49,6 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.databases import database_url, fresh_database  # noqa: E402
 from maintenance.readings_copy import COPY_HEADER, COPY_READINGS, COPY_TRAILER, copy_rows  # noqa: E402
 from maintenance.scoring import (  # noqa: E402
     HourlySeries,
@@ -60,7 +61,6 @@ from maintenance.scoring import (  # noqa: E402
 from maintenance.wear import DAY, SHAPES, Wear  # noqa: E402
 
 DATABASE = "iotfleet_maint_bench"
-SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 THRESHOLD = 11.2  # mm/s: vibration severity zone D of ISO 10816 for a medium machine
 DETECT_DEGRADING = 160
 DETECT_HEALTHY = 480
@@ -259,15 +259,12 @@ def detection(seed: int) -> None:
 
 
 def setup_database() -> None:
-    import psycopg
 
-    with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
+    fresh_database(DATABASE)
     os.environ.update(
         {
             "DJANGO_SETTINGS_MODULE": "iotfleet.settings",
-            "DATABASE_URL": f"{SERVER_URL}/{DATABASE}",
+            "DATABASE_URL": database_url(DATABASE),
             "DEBUG": "false",
             "MQTT_DYNSEC_ENABLED": "false",
             "LOG_LEVEL": "WARNING",

@@ -30,8 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.databases import database_url, fresh_database  # noqa: E402
+
 DATABASE = "iotfleet_bench_rules"
-SERVER_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 DEVICES = 1000
 MESSAGES = 3334
 METRICS = (("temperature", "°C", -40, 60), ("humidity", "%", 0, 100), ("co2", "ppm", 0, 5000))
@@ -77,15 +78,12 @@ def rule_specs() -> list[tuple[str, str, str, int]]:
 
 
 def setup() -> None:
-    import psycopg
 
-    with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
+    fresh_database(DATABASE)
     os.environ.update(
         {
             "DJANGO_SETTINGS_MODULE": "iotfleet.settings",
-            "DATABASE_URL": f"{SERVER_URL}/{DATABASE}",
+            "DATABASE_URL": database_url(DATABASE),
             "DEBUG": "false",
             "MQTT_DYNSEC_ENABLED": "false",
         }
